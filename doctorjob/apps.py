@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
+
+
+class DoctorJobConfig(AppConfig):
+    name = "doctorjob"
+    verbose_name = "Doctor Job"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401  (registers the system checks)
+
+        # Like admin.py: every installed app's jobs.py registers its handlers at start-up.
+        autodiscover_modules("jobs")

@@ -1,0 +1,65 @@
+"""doctorjob's settings: ``settings.DOCTORJOB`` merged over the defaults, read lazily."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    # enqueue() outside transaction.atomic() raises TransactionRequired instead of autocommitting.
+    "REQUIRE_TRANSACTION": False,
+    # Succeeded jobs older than this are pruned by running workers.
+    "KEEP_SUCCEEDED": timedelta(days=7),
+    # Retry delay: min(cap, base * factor ** (attempt - 1)) seconds, stretched by up to `jitter`.
+    "BACKOFF": {"base": 1.0, "factor": 2.0, "cap": 3600.0, "jitter": 0.5},
+    # PostgreSQL: NOTIFY workers when a job is enqueued (delivered at commit).
+    "NOTIFY": True,
+    # PostgreSQL: database alias whose connection workers LISTEN on. None: the worker's own
+    # database. Set it to a direct (non-PgBouncer) alias when the default goes through a
+    # transaction-pooling bouncer; set it to False to poll only.
+    "LISTEN_DATABASE": None,
+    # Worker defaults; `run_jobs` options override them.
+    "CONCURRENCY": 4,
+    "BATCH_SIZE": 100,
+    "POLL_INTERVAL": 1.0,
+    "LEASE": 30.0,
+    "SHUTDOWN_TIMEOUT": 30.0,
+    # Per-job overrides by operations (schedule, payload, version, paused), see README.
+    "JOBS": {},
+}
+
+
+class Settings:
+    """Attribute access to DOCTORJOB settings with defaults; cached until settings change."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] | None = None
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(django_settings, "DOCTORJOB", {})
+        return value if isinstance(value, dict) else {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(name)
+        if self._cache is None:
+            merged = dict(DEFAULTS)
+            merged.update(self.user_settings)
+            backoff = dict(DEFAULTS["BACKOFF"])
+            user_backoff = self.user_settings.get("BACKOFF")
+            if isinstance(user_backoff, dict):
+                backoff.update(user_backoff)
+            merged["BACKOFF"] = backoff
+            self._cache = merged
+        return self._cache[name]
+
+    def reset(self, **kwargs: Any) -> None:
+        if kwargs.get("setting") in (None, "DOCTORJOB"):
+            self._cache = None
+
+
+settings = Settings()
+setting_changed.connect(settings.reset)

@@ -1,0 +1,224 @@
+"""Every state change a worker writes: claim, renew, succeed, retry, dead-letter, release,
+plus the sweeps any worker runs (expired leases, retention).
+
+A claim gives the claimed jobs a fresh ``lease_id``; every later write matches on
+``(id, lease_id, status='running')``. A worker whose lease ran out and was taken over by
+another therefore changes nothing: the newer state always wins.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connections, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .models import DeadLetter, Job, Status
+
+WORKER_LOST = "worker lost: its lease expired before the job finished"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job a worker holds under ``lease_id``."""
+
+    id: int
+    name: str
+    queue: str
+    payload: Any
+    attempts: int
+    max_attempts: int
+    priority: int
+    key: str | None
+    created_at: datetime
+    lease_id: uuid.UUID
+
+
+_COLUMNS = ("id", "name", "queue", "payload", "attempts", "max_attempts", "priority", "key", "created_at")
+
+# PostgreSQL claim, one statement and so one short transaction: lock up to `limit` runnable
+# jobs in priority, run time, id order, skipping rows another worker is claiming right now
+# (SKIP LOCKED: workers never wait on each other nor take the same row), and mark them running
+# under a new lease. The row lock is held only for this statement; from then on the lease,
+# not a lock, says who owns the job. The status check is re-evaluated on the locked row, so a
+# job changed by a concurrent transaction is never claimed twice.
+_CLAIM = """
+UPDATE doctorjob_job AS j
+SET status = 'running', attempts = j.attempts + 1, lease_id = %s, worker = %s,
+    lease_expires_at = %s, started_at = %s, finished_at = NULL
+WHERE j.id IN (
+    SELECT id FROM doctorjob_job
+    WHERE status = 'queued' AND run_at <= %s {queues}
+    ORDER BY priority DESC, run_at, id
+    LIMIT %s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING j.id, j.name, j.queue, j.payload, j.attempts, j.max_attempts, j.priority, j.key, j.created_at
+"""
+
+
+def claim(alias: str, *, worker: str, limit: int, lease: float, queues: Sequence[str] | None = None) -> list[Claimed]:
+    """Take up to ``limit`` runnable jobs for ``worker`` and return them, running under one new lease."""
+    lease_id = uuid.uuid4()
+    now = timezone.now()
+    expires = now + timedelta(seconds=lease)
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        params: list[Any] = [lease_id, worker, expires, now, now]
+        if queues:
+            params.append(list(queues))
+        params.append(limit)
+        sql = _CLAIM.format(queues="AND queue = ANY(%s)" if queues else "")
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        rows.sort(key=lambda r: r[0])
+        return [_claimed(row, lease_id) for row in rows]
+
+    runnable = Job.objects.using(alias).filter(status=Status.QUEUED, run_at__lte=now)
+    if queues:
+        runnable = runnable.filter(queue__in=queues)
+    runnable = runnable.order_by("-priority", "run_at", "id")
+    changes = dict(status=Status.RUNNING, attempts=F("attempts") + 1, lease_id=lease_id,
+                   worker=worker, lease_expires_at=expires, started_at=now, finished_at=None)
+    if connection.features.has_select_for_update_skip_locked:
+        # MySQL/MariaDB: the same SKIP LOCKED claim in a short transaction of two statements.
+        with transaction.atomic(using=alias):
+            ids = list(runnable.select_for_update(skip_locked=True).values_list("id", flat=True)[:limit])
+            Job.objects.using(alias).filter(id__in=ids, status=Status.QUEUED).update(**changes)
+    else:
+        # SQLite: one conditional UPDATE is atomic (writers are serialised), and the status
+        # check inside it means two workers can never both flip the same row to running.
+        Job.objects.using(alias).filter(
+            id__in=runnable.values("id")[:limit], status=Status.QUEUED
+        ).update(**changes)
+    rows = Job.objects.using(alias).filter(lease_id=lease_id).order_by("id").values_list(*_COLUMNS)
+    return [_claimed(row, lease_id) for row in rows]
+
+
+def _claimed(row: Sequence[Any], lease_id: uuid.UUID) -> Claimed:
+    payload = row[3]
+    if isinstance(payload, (str, bytes)):  # Django's psycopg loader leaves jsonb as text
+        payload = json.loads(payload)
+    return Claimed(row[0], row[1], row[2], payload, row[4], row[5], row[6], row[7], row[8], lease_id)
+
+
+def _owned(alias: str, job: Claimed):
+    return Job.objects.using(alias).filter(id=job.id, lease_id=job.lease_id, status=Status.RUNNING)
+
+
+def renew(alias: str, lease_ids: Iterable[uuid.UUID], lease: float) -> int:
+    """Push the deadline of every job still held under ``lease_ids``; returns how many."""
+    lease_ids = list(lease_ids)
+    if not lease_ids:
+        return 0
+    return Job.objects.using(alias).filter(lease_id__in=lease_ids, status=Status.RUNNING).update(
+        lease_expires_at=timezone.now() + timedelta(seconds=lease)
+    )
+
+
+_SUCCEED = """
+UPDATE doctorjob_job AS j
+SET status = 'succeeded', finished_at = v.finished_at, result = v.result::jsonb,
+    lease_expires_at = NULL, error = ''
+FROM unnest(%s::bigint[], %s::uuid[], %s::timestamptz[], %s::text[]) AS v(id, lease_id, finished_at, result)
+WHERE j.id = v.id AND j.lease_id = v.lease_id AND j.status = 'running'
+"""
+
+
+def succeed(alias: str, done: Sequence[tuple[Claimed, Any, datetime]]) -> int:
+    """Mark many jobs succeeded in one statement, each only if its lease is still ours."""
+    if not done:
+        return 0
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        params = [[j.id for j, _, _ in done], [j.lease_id for j, _, _ in done],
+                  [at for _, _, at in done],
+                  [None if r is None else json.dumps(r) for _, r, _ in done]]
+        with connection.cursor() as cursor:
+            cursor.execute(_SUCCEED, params)
+            return cursor.rowcount
+    count = 0
+    with transaction.atomic(using=alias):
+        for job, result, at in done:
+            count += _owned(alias, job).update(status=Status.SUCCEEDED, finished_at=at, result=result,
+                                               lease_expires_at=None, error="")
+    return count
+
+
+def retry_later(alias: str, job: Claimed, *, error: str, tb: str, run_at: datetime) -> bool:
+    """Put a failed job back in the queue for ``run_at``; False if the lease was lost."""
+    return bool(_owned(alias, job).update(
+        status=Status.QUEUED, run_at=run_at, error=error, traceback=tb, lease_id=None,
+        lease_expires_at=None, worker="", finished_at=timezone.now(),
+    ))
+
+
+def dead_letter(alias: str, job: Claimed, *, error: str, tb: str) -> bool:
+    """Mark the job dead and write its dead letter in the same transaction."""
+    with transaction.atomic(using=alias):
+        now = timezone.now()
+        if not _owned(alias, job).update(status=Status.DEAD, error=error, traceback=tb,
+                                         lease_expires_at=None, finished_at=now):
+            return False
+        DeadLetter.objects.using(alias).create(
+            job_id=job.id, name=job.name, queue=job.queue, payload=job.payload, priority=job.priority,
+            attempts=job.attempts, max_attempts=job.max_attempts, key=job.key, error=error,
+            traceback=tb, created_at=now,
+        )
+    return True
+
+
+def release(alias: str, jobs: Sequence[Claimed]) -> int:
+    """Return unfinished jobs to the queue on shutdown, without counting the attempt."""
+    released = 0
+    with transaction.atomic(using=alias):
+        for job in jobs:
+            released += _owned(alias, job).update(
+                status=Status.QUEUED, attempts=F("attempts") - 1, lease_id=None,
+                lease_expires_at=None, worker="", started_at=None,
+            )
+    return released
+
+
+def sweep_expired(alias: str, limit: int = 500) -> tuple[list[Claimed], list[Claimed]]:
+    """Rescue jobs whose worker stopped renewing its lease (crashed, killed, partitioned).
+
+    The lost attempt counts: the job is queued again, or dead-lettered when it has no
+    attempts left. Returns (requeued, dead). Each change is fenced on the expired lease,
+    so two sweeping workers never both act on one job.
+    """
+    now = timezone.now()
+    rows = (Job.objects.using(alias).filter(status=Status.RUNNING, lease_expires_at__lt=now)
+            .order_by("lease_expires_at").values_list(*_COLUMNS, "lease_id")[:limit])
+    requeued, dead = [], []
+    for row in rows:
+        job = _claimed(row[:-1], row[-1])
+        if job.attempts >= job.max_attempts:
+            if dead_letter(alias, job, error=WORKER_LOST, tb=""):
+                dead.append(job)
+        elif _owned(alias, job).filter(lease_expires_at__lt=now).update(
+            status=Status.QUEUED, error=WORKER_LOST, lease_id=None, lease_expires_at=None, worker="",
+        ):
+            requeued.append(job)
+    return requeued, dead
+
+
+def prune_succeeded(alias: str, keep: timedelta, chunk: int = 5000) -> int:
+    """Delete succeeded jobs that finished more than ``keep`` ago, in small batches."""
+    cutoff = timezone.now() - keep
+    total = 0
+    while True:
+        ids = list(Job.objects.using(alias).filter(status=Status.SUCCEEDED, finished_at__lt=cutoff)
+                   .values_list("id", flat=True)[:chunk])
+        if not ids:
+            return total
+        total += Job.objects.using(alias).filter(id__in=ids, status=Status.SUCCEEDED).delete()[1].get(
+            Job._meta.label, 0)
+        if len(ids) < chunk:
+            return total

@@ -1,0 +1,95 @@
+import argparse
+import logging
+import signal
+
+from django.core.management.base import BaseCommand, CommandError
+
+from doctorjob.conf import settings
+from doctorjob.worker import Worker
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seconds(minimum: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g} seconds, got {text}")
+        return value
+
+    return parse
+
+
+def queue_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated queue names, got {text!r}")
+    return names
+
+
+class Command(BaseCommand):
+    help = ("Run doctorjob's worker: claim queued jobs, run their handlers, retry failures and "
+            "dead-letter jobs that keep failing. SIGTERM/SIGINT stop it gracefully.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--queues", type=queue_list, help="Comma-separated queues to take jobs "
+                            "from (default: every queue).")
+        parser.add_argument("--concurrency", type=positive_int, help="Handler threads "
+                            f"(default {settings.CONCURRENCY}).")
+        parser.add_argument("--batch-size", type=positive_int, help="Jobs claimed per query "
+                            f"(default {settings.BATCH_SIZE}).")
+        parser.add_argument("--burst", action="store_true", help="Exit 0 once no job is runnable now.")
+        parser.add_argument("--max-jobs", type=positive_int, help="Stop claiming after N jobs, let them "
+                            "finish and exit 0.")
+        parser.add_argument("--poll-interval", type=seconds(0.001), help="Seconds between polls when "
+                            f"idle (default {settings.POLL_INTERVAL}); NOTIFY wakes it sooner on PostgreSQL.")
+        parser.add_argument("--lease", type=seconds(3), help="Lease length in seconds, at least 3 "
+                            f"(default {settings.LEASE}); renewed every third of it.")
+        parser.add_argument("--shutdown-timeout", type=seconds(0), help="Seconds running jobs get to "
+                            f"finish on SIGTERM (default {settings.SHUTDOWN_TIMEOUT}).")
+        parser.add_argument("--database", default=None, help="Database alias (default: the router's "
+                            "choice for doctorjob's Job model).")
+
+    def handle(self, *args, **options):
+        self._configure_logging(options["verbosity"])
+        worker = Worker(
+            queues=options["queues"], concurrency=options["concurrency"], batch_size=options["batch_size"],
+            poll_interval=options["poll_interval"], lease=options["lease"],
+            shutdown_timeout=options["shutdown_timeout"], burst=options["burst"],
+            max_jobs=options["max_jobs"], using=options["database"],
+        )
+        from django.db import connections
+
+        if worker.alias not in connections:
+            raise CommandError(f"unknown database alias {worker.alias!r}")
+
+        def on_signal(signum, frame):
+            # A second signal means "now": don't wait for running jobs.
+            worker.stop(now=worker._stopping.is_set())
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        worker.run()
+
+    @staticmethod
+    def _configure_logging(verbosity: int) -> None:
+        """Show the doctorjob logger at -v 1+, unless the project's LOGGING configured it."""
+        log = logging.getLogger("doctorjob")
+        if log.handlers or log.level != logging.NOTSET:
+            return
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+        log.propagate = False

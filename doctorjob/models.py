@@ -1,0 +1,128 @@
+"""Jobs, dead letters and job definitions, stored in the project's own database."""
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued", "queued"
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    DEAD = "dead", "dead"
+    CANCELLED = "cancelled", "cancelled"
+
+
+class Job(models.Model):
+    """One unit of work, written in the caller's transaction and drained by workers.
+
+    ``lease_id`` is the fencing token: each claim sets a new one, and every write a worker
+    makes afterwards matches on it, so a worker whose lease was taken over changes nothing.
+    """
+
+    name = models.CharField(max_length=200)
+    queue = models.CharField(max_length=100, default="default")
+    payload = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    priority = models.IntegerField(default=0, help_text="Larger runs sooner.")
+    run_at = models.DateTimeField(default=timezone.now, help_text="Not claimed before this time.")
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    key = models.CharField(
+        max_length=255, null=True, blank=True, unique=True, help_text="Idempotency key: one job per key."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=255, blank=True, default="")
+    lease_id = models.UUIDField(null=True, blank=True, editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [
+            # The claim query: runnable jobs in (priority desc, run_at, id) order.
+            models.Index(
+                "queue", models.F("priority").desc(), "run_at", "id",
+                name="doctorjob_job_claim", condition=Q(status="queued"),
+            ),
+            models.Index(
+                models.F("priority").desc(), "run_at", "id",
+                name="doctorjob_job_claim_any", condition=Q(status="queued"),
+            ),
+            # The lease sweep: running jobs by deadline.
+            models.Index("lease_expires_at", name="doctorjob_job_lease", condition=Q(status="running")),
+            models.Index("lease_id", name="doctorjob_job_lease_id"),
+            models.Index("status", "finished_at", name="doctorjob_job_status"),
+            models.Index("name", name="doctorjob_job_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk}"
+
+
+class DeadLetter(models.Model):
+    """A job that failed for good, kept with its own copy of what is needed to requeue it,
+    so pruning jobs never loses a dead letter."""
+
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    name = models.CharField(max_length=200)
+    queue = models.CharField(max_length=100)
+    payload = models.JSONField(default=dict, blank=True)
+    priority = models.IntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    key = models.CharField(max_length=255, null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    requeued_at = models.DateTimeField(null=True, blank=True)
+    requeued_job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        permissions = [("requeue_deadletter", "Can requeue dead letters")]
+        indexes = [models.Index("created_at", name="doctorjob_deadletter_created")]
+
+    def __str__(self) -> str:
+        return f"{self.name} (dead letter #{self.pk})"
+
+
+class JobDefinition(models.Model):
+    """A job known to the code, kept in sync with the registry so history outlives code."""
+
+    name = models.CharField(max_length=200, unique=True)
+    queue = models.CharField(max_length=100, default="default")
+    options = models.JSONField(default=dict, blank=True)
+    schedule = models.CharField(max_length=200, blank=True, default="")
+    payload = models.JSONField(default=dict, blank=True)
+    paused = models.BooleanField(default=False)
+    retired = models.BooleanField(default=False)
+    version = models.PositiveIntegerField(default=1)
+    min_version = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class JobVersion(models.Model):
+    """One version of a definition: the options, schedule and default payload it had."""
+
+    definition = models.ForeignKey(JobDefinition, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    options = models.JSONField(default=dict, blank=True)
+    schedule = models.CharField(max_length=200, blank=True, default="")
+    payload = models.JSONField(default=dict, blank=True)
+    first_seen = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint("definition", "number", name="doctorjob_jobversion_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.definition} v{self.number}"

@@ -1,0 +1,270 @@
+"""enqueue / enqueue_many: validate everything first, then write the rows on the caller's
+connection, inside the caller's transaction (never ``on_commit``): the job commits with the
+caller's data or not at all."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, connections, router, transaction
+from django.utils import timezone
+
+from .conf import settings
+from .exceptions import InvalidEnqueue, InvalidPayload, TransactionRequired
+from .models import Job, Status
+from .registry import get_job_type
+
+CHANNEL = "doctorjob"
+_ENQUEUE_ARGS = {"job", "payload", "key", "delay", "run_at", "priority", "queue", "max_attempts"}
+
+
+def enqueue(
+    job: Any,
+    payload: Any = None,
+    *,
+    key: str | None = None,
+    delay: timedelta | float | None = None,
+    run_at: datetime | None = None,
+    priority: int | None = None,
+    queue: str | None = None,
+    max_attempts: int | None = None,
+    using: str | None = None,
+) -> Job:
+    """Add a job in the current transaction and return it.
+
+    With ``key``, a job already holding that key is returned instead and nothing is written.
+    """
+    row = build_job(job, payload, key=key, delay=delay, run_at=run_at, priority=priority,
+                    queue=queue, max_attempts=max_attempts)
+    return _write([row], using)[0]
+
+
+def enqueue_many(items: Iterable[Any], *, using: str | None = None) -> list[Job]:
+    """Add many jobs with as few INSERT statements as the database allows.
+
+    Each item is a ``(job, payload)`` pair or a dict of ``enqueue()``'s arguments. Every item is
+    validated before anything is written.
+    """
+    rows = []
+    for index, item in enumerate(items):
+        if isinstance(item, Mapping):
+            unknown = set(item) - _ENQUEUE_ARGS
+            if unknown or "job" not in item:
+                problem = f"unknown key(s) {sorted(unknown)}" if unknown else "no 'job' key"
+                raise InvalidEnqueue(f"enqueue_many item {index}: {problem}")
+            kwargs = dict(item)
+            rows.append(build_job(kwargs.pop("job"), kwargs.pop("payload", None), **kwargs))
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            rows.append(build_job(item[0], item[1]))
+        else:
+            raise InvalidEnqueue(
+                f"enqueue_many item {index}: expected a (job, payload) pair or a dict, got {item!r:.80}"
+            )
+    return _write(rows, using) if rows else []
+
+
+def build_job(
+    job: Any,
+    payload: Any = None,
+    *,
+    key: str | None = None,
+    delay: timedelta | float | None = None,
+    run_at: datetime | None = None,
+    priority: int | None = None,
+    queue: str | None = None,
+    max_attempts: int | None = None,
+) -> Job:
+    """Validate the arguments and return an unsaved Job; raise before anything is written."""
+    job_type = get_job_type(job)
+    payload = {} if payload is None else payload
+    check_json(payload, job_type.name)
+    job_type.validate(payload)
+    now = timezone.now()
+    if delay is not None and run_at is not None:
+        raise InvalidEnqueue(f"job '{job_type.name}': pass either delay or run_at, not both")
+    if delay is not None:
+        if isinstance(delay, timedelta):
+            seconds = delay.total_seconds()
+        elif isinstance(delay, (int, float)) and not isinstance(delay, bool) and math.isfinite(delay):
+            seconds = float(delay)
+        else:
+            raise InvalidEnqueue(f"job '{job_type.name}': delay must be a timedelta or seconds, got {delay!r}")
+        if seconds < 0:
+            raise InvalidEnqueue(f"job '{job_type.name}': delay must not be negative, got {delay!r}")
+        run_at = now + timedelta(seconds=seconds)
+    elif run_at is not None:
+        if not isinstance(run_at, datetime):
+            raise InvalidEnqueue(f"job '{job_type.name}': run_at must be a datetime, got {run_at!r}")
+        if timezone.is_naive(run_at):
+            raise InvalidEnqueue(f"job '{job_type.name}': run_at must be timezone-aware, got {run_at!r}")
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 255):
+        raise InvalidEnqueue(f"job '{job_type.name}': key must be a non-empty string of at most 255 characters")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise InvalidEnqueue(f"job '{job_type.name}': priority must be an integer, got {priority!r}")
+    if queue is not None and (not isinstance(queue, str) or not queue or len(queue) > 100):
+        raise InvalidEnqueue(f"job '{job_type.name}': queue must be a non-empty string, got {queue!r}")
+    if max_attempts is not None and (
+        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+    ):
+        raise InvalidEnqueue(f"job '{job_type.name}': max_attempts must be an integer >= 1, got {max_attempts!r}")
+    return Job(
+        name=job_type.name,
+        queue=queue or job_type.queue,
+        payload=payload,
+        priority=job_type.priority if priority is None else priority,
+        run_at=run_at or now,
+        max_attempts=max_attempts or job_type.max_attempts,
+        key=key,
+        created_at=now,
+    )
+
+
+def check_json(payload: Any, job_name: str) -> None:
+    """Raise InvalidPayload naming the first value that JSON cannot carry, with its path."""
+    problem = _first_non_json(payload, "payload")
+    if problem:
+        where, value = problem
+        raise InvalidPayload(
+            f"{where} of job '{job_name}' is a {type(value).__name__} ({value!r:.60}), "
+            "which is not JSON-serialisable"
+        )
+
+
+def _first_non_json(value: Any, where: str) -> tuple[str, Any] | None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where, value)
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _first_non_json(item, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                return (f"{where} key {k!r}", k)
+            found = _first_non_json(item, f"{where}[{k!r}]")
+            if found:
+                return found
+        return None
+    return (where, value)
+
+
+def _write(rows: list[Job], using: str | None) -> list[Job]:
+    alias = using or router.db_for_write(Job)
+    if settings.REQUIRE_TRANSACTION and transaction.get_autocommit(alias):
+        raise TransactionRequired(
+            "enqueue() needs a transaction: call it inside transaction.atomic() "
+            "(DOCTORJOB['REQUIRE_TRANSACTION'] is on)"
+        )
+    if connections[alias].vendor == "postgresql":
+        return _write_postgresql(rows, alias)
+    return _write_portable(rows, alias)
+
+
+# One statement, whatever the number of rows (arrays are single parameters, so PostgreSQL's
+# 65,535-parameter limit never applies), and in the same statement the NOTIFY that wakes
+# workers: it is delivered only when the caller's transaction commits, so a worker never hears
+# of a job it cannot see. ON CONFLICT (key) DO NOTHING makes a duplicate idempotency key a
+# no-op instead of an error that would abort the caller's transaction.
+_INSERT = """
+WITH ins AS (
+    INSERT INTO doctorjob_job (name, queue, payload, status, priority, run_at, attempts,
+                               max_attempts, key, created_at, worker, error, traceback)
+    SELECT r.name, r.queue, r.payload, 'queued', r.priority, r.run_at, 0,
+           r.max_attempts, r.key, r.created_at, '', '', ''
+    FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::int[], %s::timestamptz[], %s::int[],
+                %s::text[], %s::timestamptz[])
+         AS r(name, queue, payload, priority, run_at, max_attempts, key, created_at)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING id, key, queue, run_at
+)
+SELECT id, key{notify} FROM ins
+"""
+_NOTIFY = (", (SELECT count(pg_notify('" + CHANNEL + "', q.queue)) FROM "
+           "(SELECT DISTINCT queue FROM ins WHERE run_at <= %s) AS q)")
+
+
+def _write_postgresql(rows: list[Job], alias: str) -> list[Job]:
+    notify = settings.NOTIFY
+    params: list[Any] = [
+        [r.name for r in rows], [r.queue for r in rows],
+        [json.dumps(r.payload, separators=(",", ":")) for r in rows],
+        [r.priority for r in rows], [r.run_at for r in rows], [r.max_attempts for r in rows],
+        [r.key for r in rows], [r.created_at for r in rows],
+    ]
+    if notify:
+        params.append(timezone.now())
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_INSERT.format(notify=_NOTIFY if notify else ""), params)
+        returned = cursor.fetchall()
+    by_key = {key: pk for pk, key, *_ in returned if key is not None}
+    keyless = iter(pk for pk, key, *_ in returned if key is None)
+    for row in rows:
+        row.pk = by_key.get(row.key) if row.key is not None else next(keyless)
+        row._state.adding, row._state.db = False, alias
+    missing = {row.key for row in rows if row.pk is None}
+    if missing:  # keys already held by committed jobs: hand those back
+        existing = {j.key: j for j in Job.objects.using(alias).filter(key__in=missing)}
+        rows = [existing.get(row.key, row) if row.pk is None else row for row in rows]
+    return rows
+
+
+def _write_portable(rows: list[Job], alias: str) -> list[Job]:
+    """SQLite and MySQL: plain ORM inserts; a duplicate key is caught in a savepoint."""
+    keyless = [row for row in rows if row.key is None]
+    if len(keyless) > 1:
+        Job.objects.using(alias).bulk_create(keyless)
+    elif keyless:
+        keyless[0].save(using=alias, force_insert=True)
+    result = []
+    for row in rows:
+        if row.key is not None:
+            try:
+                with transaction.atomic(using=alias):
+                    row.save(using=alias, force_insert=True)
+            except IntegrityError:
+                row = Job.objects.using(alias).get(key=row.key)
+        result.append(row)
+    return result
+
+
+def requeue(dead_letter, payload: Any = None, *, using: str | None = None) -> Job:
+    """Create a fresh queued job from a dead letter and mark it requeued, in one transaction."""
+    from .models import DeadLetter
+
+    alias = using or router.db_for_write(DeadLetter)
+    with transaction.atomic(using=alias):
+        letter = DeadLetter.objects.using(alias).select_for_update().get(pk=dead_letter.pk)
+        if letter.requeued_at is not None:
+            raise InvalidEnqueue(f"dead letter #{letter.pk} was already requeued as job #{letter.requeued_job_id}")
+        row = build_job(letter.name, letter.payload if payload is None else payload,
+                        priority=letter.priority, queue=letter.queue, max_attempts=letter.max_attempts)
+        job = _write([row], alias)[0]
+        letter.requeued_at, letter.requeued_job = timezone.now(), job
+        if payload is not None:
+            letter.payload = payload
+        letter.save(update_fields=["requeued_at", "requeued_job", "payload"])
+    return job
+
+
+def retry(jobs, *, using: str | None = None) -> int:
+    """Queue dead or cancelled jobs to run now; returns how many were queued."""
+    qs = Job.objects.using(using or router.db_for_write(Job)).filter(
+        pk__in=[j.pk for j in jobs], status__in=[Status.DEAD, Status.CANCELLED]
+    )
+    return qs.update(status=Status.QUEUED, run_at=timezone.now(), attempts=0, lease_id=None,
+                     lease_expires_at=None, worker="", finished_at=None)
+
+
+def cancel(jobs, *, using: str | None = None) -> int:
+    """Cancel queued jobs so they never run; returns how many were cancelled."""
+    qs = Job.objects.using(using or router.db_for_write(Job)).filter(
+        pk__in=[j.pk for j in jobs], status=Status.QUEUED
+    )
+    return qs.update(status=Status.CANCELLED, finished_at=timezone.now())

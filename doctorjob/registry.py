@@ -1,0 +1,136 @@
+"""The ``@job`` decorator and the name → job type map every process builds at start-up."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+from .exceptions import InvalidPayload, UnknownJob
+from .retry import BackoffSpec
+
+Handler = Callable[[Any, Any], Any]
+
+
+@dataclass(frozen=True)
+class JobType:
+    """Everything doctorjob knows about one registered job."""
+
+    name: str
+    func: Handler = field(repr=False, compare=False)
+    queue: str = "default"
+    max_attempts: int = 3
+    priority: int = 0
+    backoff: BackoffSpec = None
+    atomic: bool = False
+    schema: Mapping[str, Any] | None = None
+
+    @property
+    def path(self) -> str:
+        return f"{self.func.__module__}.{self.func.__qualname__}"
+
+    def validate(self, payload: Any) -> None:
+        """Raise InvalidPayload if ``payload`` breaks the job's JSON Schema."""
+        if self.schema is None:
+            return
+        error = _validator(self.schema).best_match(payload)  # type: ignore[union-attr]
+        if error is not None:
+            where = "payload" + "".join(f"[{p!r}]" for p in error.absolute_path)
+            raise InvalidPayload(f"{where} does not match the schema of job '{self.name}': {error.message}")
+
+    def backoff_policy(self):
+        from .conf import settings
+        from .retry import make_backoff
+
+        return make_backoff(self.backoff, settings.BACKOFF)
+
+
+_validators: dict[int, Any] = {}
+
+
+def _validator(schema: Mapping[str, Any]):
+    key = id(schema)
+    if key not in _validators:
+        import jsonschema
+
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        _validators[key] = cls(schema)
+    return _validators[key]
+
+
+registry: dict[str, JobType] = {}
+
+
+def job(
+    name: str | Handler | None = None,
+    *,
+    queue: str = "default",
+    max_attempts: int = 3,
+    priority: int = 0,
+    backoff: BackoffSpec = None,
+    atomic: bool = False,
+    schema: Mapping[str, Any] | None = None,
+) -> Any:
+    """Register ``handler(payload, ctx)`` as a job; ``name`` defaults to its dotted path.
+
+    Usable bare (``@job``) or with options (``@job("emails.send", queue="emails")``).
+    The function is returned unchanged, with ``.job`` set to its JobType.
+    """
+    if callable(name):  # bare @job
+        return job()(name)
+    if not isinstance(queue, str) or not queue:
+        raise ImproperlyConfigured(f"@job queue must be a non-empty string, got {queue!r}")
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ImproperlyConfigured(f"@job max_attempts must be an integer >= 1, got {max_attempts!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ImproperlyConfigured(f"@job priority must be an integer, got {priority!r}")
+    if schema is not None:
+        import jsonschema
+
+        try:
+            _validator(schema)
+        except jsonschema.SchemaError as exc:
+            raise ImproperlyConfigured(f"@job schema is not a valid JSON Schema: {exc.message}") from exc
+    if backoff is not None:
+        from .retry import make_backoff
+
+        try:
+            make_backoff(backoff, {})
+        except (TypeError, ValueError) as exc:
+            raise ImproperlyConfigured(f"@job backoff: {exc}") from exc
+
+    def decorator(func: Handler) -> Handler:
+        job_name = name or f"{func.__module__}.{func.__qualname__}"
+        job_type = JobType(job_name, func, queue, max_attempts, priority, backoff, atomic, schema)
+        existing = registry.get(job_name)
+        if existing is not None and existing.path != job_type.path:
+            raise ImproperlyConfigured(
+                f"job name '{job_name}' is registered twice: by {existing.path} and by {job_type.path}"
+            )
+        registry[job_name] = job_type
+        func.job = job_type  # type: ignore[attr-defined]
+        return func
+
+    return decorator
+
+
+def get_job_type(job: str | Handler | JobType) -> JobType:
+    """The JobType for a name or a decorated function; UnknownJob suggests close names."""
+    if isinstance(job, JobType):
+        return job
+    if callable(job):
+        job_type = getattr(job, "job", None)
+        if not isinstance(job_type, JobType):
+            raise UnknownJob(f"{job!r} is not a job: decorate it with @doctorjob.job")
+        return job_type
+    if not isinstance(job, str):
+        raise UnknownJob(f"a job is a registered name or a @job function, got {type(job).__name__}")
+    try:
+        return registry[job]
+    except KeyError:
+        close = difflib.get_close_matches(job, registry, n=3)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownJob(f"unknown job '{job}'{hint}") from None

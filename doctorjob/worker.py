@@ -1,0 +1,373 @@
+"""The worker: claim → run → record, with leases, retries and graceful shutdown.
+
+One main thread owns the worker's database connection: it claims jobs in batches, hands them
+to a pool of handler threads, records their outcomes in batches, renews leases, sweeps
+expired leases and prunes old jobs. Handlers run in the pool threads, each with its own
+Django connection (closed between jobs when stale). No argparse here: see run_jobs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue as queues_module
+import secrets
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connections, router, transaction
+from django.utils import timezone
+
+from . import leases
+from .conf import settings
+from .context import JobContext
+from .exceptions import InvalidPayload, LeaseLost, PermanentError
+from .leases import Claimed
+from .models import Job
+from .registry import registry
+from .retry import retry_delay
+
+logger = logging.getLogger("doctorjob")
+
+PRUNE_EVERY = 60.0
+
+
+@dataclass
+class Outcome:
+    """What happened to one attempt, reported by a handler thread to the main thread."""
+
+    job: Claimed
+    kind: str  # "succeeded", "recorded" (atomic job, already saved), "failed", "dead", "lost"
+    duration: float
+    result: Any = None
+    error: str = ""
+    traceback: str = ""
+    finished_at: datetime | None = None
+
+
+class Worker:
+    """Drain jobs from the database until stopped (or, in burst mode, until none is runnable)."""
+
+    def __init__(
+        self,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        batch_size: int | None = None,
+        poll_interval: float | None = None,
+        lease: float | None = None,
+        shutdown_timeout: float | None = None,
+        burst: bool = False,
+        max_jobs: int | None = None,
+        using: str | None = None,
+    ) -> None:
+        self.queues = list(queues) if queues else None
+        self.concurrency = concurrency or settings.CONCURRENCY
+        self.batch_size = batch_size or settings.BATCH_SIZE
+        self.poll_interval = settings.POLL_INTERVAL if poll_interval is None else poll_interval
+        self.lease = lease or settings.LEASE
+        self.shutdown_timeout = settings.SHUTDOWN_TIMEOUT if shutdown_timeout is None else shutdown_timeout
+        self.burst = burst
+        self.max_jobs = max_jobs
+        self.alias = using or router.db_for_write(Job)
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.listening = False
+        self.processed = 0
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._todo: queues_module.SimpleQueue[Claimed | None] = queues_module.SimpleQueue()
+        self._done: queues_module.SimpleQueue[Outcome] = queues_module.SimpleQueue()
+        self._in_flight: dict[int, Claimed] = {}
+        self._unrecorded: list[Outcome] = []
+        self._claimed = 0
+        self._due = {"renew": 0.0, "sweep": 0.0, "prune": 0.0}
+
+    # -- control ------------------------------------------------------------------------------
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming and shut down gracefully; ``now`` skips waiting for running jobs."""
+        if now:
+            self.shutdown_timeout = 0
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._handler_thread, name=f"doctorjob-{i}", daemon=True)
+                   for i in range(self.concurrency)]
+        for thread in threads:
+            thread.start()
+        listener = self._start_listener()
+        logger.info(
+            "worker started worker=%s queues=%s concurrency=%s batch_size=%s lease=%ss wakeup=%s",
+            self.id, ",".join(self.queues) if self.queues else "*", self.concurrency, self.batch_size,
+            self.lease, f"LISTEN/NOTIFY + poll every {self.poll_interval}s" if listener
+            else f"poll every {self.poll_interval}s",
+        )
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+            for _ in threads:
+                self._todo.put(None)
+            connections[self.alias].close()
+        logger.info("worker stopped worker=%s processed=%s", self.id, self.processed)
+
+    # -- main loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                self._record()
+                self._maintain()
+                claimed = self._claim()
+                failures = 0
+            except (OperationalError, InterfaceError) as exc:
+                failures += 1
+                pause = min(0.5 * 2 ** (failures - 1), 10.0)
+                logger.warning("database unavailable, retrying in %.1fs: %s", pause, exc)
+                self._reset_connection()
+                self._stopping.wait(pause)
+                continue
+            if self.burst and not claimed and not self._in_flight:
+                return
+            if self.max_jobs is not None and self._claimed >= self.max_jobs and not self._in_flight:
+                return
+            if claimed and claimed == self._claim_size_last:
+                continue  # a full batch: more jobs are probably waiting
+            self._wake.wait(self._wait_time())
+
+    def _claim(self) -> int:
+        capacity = max(self.batch_size, self.concurrency)
+        if len(self._in_flight) > capacity // 2:
+            self._claim_size_last = -1
+            return 0
+        limit = min(self.batch_size, capacity - len(self._in_flight))
+        if self.max_jobs is not None:
+            limit = min(limit, self.max_jobs - self._claimed)
+        self._claim_size_last = limit
+        if limit <= 0:
+            return 0
+        jobs = leases.claim(self.alias, worker=self.id, limit=limit, lease=self.lease, queues=self.queues)
+        self._claimed += len(jobs)
+        for job in jobs:
+            self._in_flight[job.id] = job
+            self._todo.put(job)
+        return len(jobs)
+
+    _claim_size_last = 0
+
+    def _wait_time(self) -> float:
+        now = time.monotonic()
+        next_due = min(self._due.values()) - now
+        return max(0.0, min(self.poll_interval, next_due))
+
+    def _record(self) -> None:
+        """Save the outcomes handler threads reported: successes in one statement."""
+        while True:
+            try:
+                self._unrecorded.append(self._done.get_nowait())
+            except queues_module.Empty:
+                break
+        if not self._unrecorded:
+            return
+        pending, self._unrecorded = self._unrecorded, []
+        try:
+            successes = [o for o in pending if o.kind == "succeeded"]
+            leases.succeed(self.alias, [(o.job, o.result, o.finished_at) for o in successes])
+            for outcome in pending:
+                self._record_one(outcome)
+                self._in_flight.pop(outcome.job.id, None)
+                self.processed += 1
+        except BaseException:
+            # Keep what is not recorded for the next round; recording is idempotent (fenced).
+            self._unrecorded = [o for o in pending if o.job.id in self._in_flight] + self._unrecorded
+            raise
+
+    def _record_one(self, o: Outcome) -> None:
+        job, log = o.job, logger.info
+        if o.kind in ("succeeded", "recorded"):
+            log("succeeded job_id=%s name=%s attempt=%s duration=%.3fs", job.id, job.name, job.attempts, o.duration)
+        elif o.kind == "lost":
+            logger.warning("lease lost job_id=%s name=%s attempt=%s: another worker took the job over",
+                           job.id, job.name, job.attempts)
+        elif o.kind == "failed" and job.attempts < job.max_attempts:
+            backoff = registry[job.name].backoff_policy()
+            run_at = timezone.now() + timedelta(seconds=retry_delay(backoff, job.attempts))
+            if leases.retry_later(self.alias, job, error=o.error, tb=o.traceback, run_at=run_at):
+                logger.warning("retrying job_id=%s name=%s attempt=%s next_run_at=%s error=%s",
+                               job.id, job.name, job.attempts, run_at.isoformat(), o.error)
+        elif leases.dead_letter(self.alias, job, error=o.error, tb=o.traceback):
+            logger.error("dead job_id=%s name=%s attempt=%s error=%s", job.id, job.name, job.attempts, o.error)
+
+    def _maintain(self) -> None:
+        """Renew our leases every third of the lease, sweep others' expired ones once per lease,
+        prune succeeded jobs every minute."""
+        now = time.monotonic()
+        if now >= self._due["renew"]:
+            leases.renew(self.alias, {job.lease_id for job in self._in_flight.values()}, self.lease)
+            self._due["renew"] = now + self.lease / 3
+        if now >= self._due["sweep"]:
+            requeued, dead = leases.sweep_expired(self.alias)
+            for job in requeued:
+                logger.warning("requeued job_id=%s name=%s attempt=%s: %s", job.id, job.name, job.attempts,
+                               leases.WORKER_LOST)
+            for job in dead:
+                logger.error("dead job_id=%s name=%s attempt=%s error=%s", job.id, job.name, job.attempts,
+                             leases.WORKER_LOST)
+            self._due["sweep"] = now + self.lease
+        if now >= self._due["prune"]:
+            pruned = leases.prune_succeeded(self.alias, settings.KEEP_SUCCEEDED)
+            if pruned:
+                logger.info("pruned succeeded jobs count=%s", pruned)
+            self._due["prune"] = now + PRUNE_EVERY
+
+    def _reset_connection(self) -> None:
+        try:
+            connections[self.alias].close()
+        except DatabaseError:
+            pass
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Release jobs not started yet, give running ones ``shutdown_timeout`` to finish,
+        then return the rest to the queue without counting the attempt."""
+        self._stopping.set()
+        not_started = []
+        while True:
+            try:
+                job = self._todo.get_nowait()
+            except queues_module.Empty:
+                break
+            if job is not None:
+                not_started.append(job)
+        deadline = time.monotonic() + self.shutdown_timeout
+        while True:
+            try:
+                if not_started:
+                    leases.release(self.alias, not_started)
+                    for job in not_started:
+                        self._in_flight.pop(job.id, None)
+                    not_started = []
+                self._record()
+                running = list(self._in_flight.values())
+                if not running:
+                    return
+                if time.monotonic() >= deadline:
+                    released = leases.release(self.alias, running)
+                    logger.warning("shutdown timeout: returned %s running job(s) to the queue", released)
+                    return
+                self._maintain()
+            except (OperationalError, InterfaceError) as exc:
+                logger.warning("database unavailable during shutdown: %s", exc)
+                self._reset_connection()
+                if time.monotonic() >= deadline:
+                    return  # leases expire and other workers rescue the jobs
+            self._wake.clear()
+            self._wake.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    # -- handler threads ------------------------------------------------------------------------
+
+    def _handler_thread(self) -> None:
+        while True:
+            job = self._todo.get()
+            if job is None:
+                close_old_connections()
+                return
+            if self._stopping.is_set() and self.shutdown_timeout == 0:
+                continue
+            outcome = self._execute(job)
+            close_old_connections()
+            self._done.put(outcome)
+            self._wake.set()
+
+    def _execute(self, job: Claimed) -> Outcome:
+        started = time.monotonic()
+        job_type = registry.get(job.name)
+        if job_type is None:
+            return Outcome(job, "dead", 0.0, error=f"unknown job '{job.name}': no handler is registered "
+                                                  "under that name in this worker")
+        try:
+            job_type.validate(job.payload)
+        except InvalidPayload as exc:
+            return Outcome(job, "dead", 0.0, error=str(exc))
+        ctx = JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts, job.key,
+                         job.created_at, self.id)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("claimed job_id=%s name=%s attempt=%s", job.id, job.name, job.attempts)
+        try:
+            if job_type.atomic:
+                # The handler's writes and the success mark commit together or not at all.
+                with transaction.atomic(using=self.alias):
+                    result = _jsonable(job_type.func(job.payload, ctx), ctx)
+                    if not leases.succeed(self.alias, [(job, result, timezone.now())]):
+                        raise LeaseLost(f"job {job.id} is no longer held by this worker")
+                return Outcome(job, "recorded", time.monotonic() - started)
+            result = _jsonable(job_type.func(job.payload, ctx), ctx)
+            return Outcome(job, "succeeded", time.monotonic() - started, result, finished_at=timezone.now())
+        except LeaseLost:
+            return Outcome(job, "lost", time.monotonic() - started)
+        except PermanentError as exc:
+            return Outcome(job, "dead", time.monotonic() - started, error=_describe(exc),
+                           traceback=traceback.format_exc())
+        except BaseException as exc:  # noqa: BLE001 - a handler must never kill its thread
+            return Outcome(job, "failed", time.monotonic() - started, error=_describe(exc),
+                           traceback=traceback.format_exc())
+
+    # -- LISTEN/NOTIFY --------------------------------------------------------------------------
+
+    def _start_listener(self) -> bool:
+        alias = settings.LISTEN_DATABASE
+        if alias is False:
+            return False
+        alias = alias or self.alias
+        if connections[alias].vendor != "postgresql":
+            return False
+        params = connections[alias].get_connection_params()
+        threading.Thread(target=self._listen, args=(params,), name="doctorjob-listen", daemon=True).start()
+        self.listening = True
+        return True
+
+    def _listen(self, params: dict[str, Any]) -> None:
+        """Wake the main loop when a NOTIFY for one of our queues arrives; polling stays the
+        fallback, so a lost listening connection only costs latency."""
+        import psycopg
+
+        from .outbox import CHANNEL
+
+        pause = 0.5
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(**params, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._wake.set()  # catch up on what was enqueued while we were not listening
+                    pause = 0.5
+                    while not self._stopping.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            if self.queues is None or note.payload in self.queues:
+                                self._wake.set()
+            except Exception as exc:  # noqa: BLE001 - keep polling, retry listening later
+                logger.warning("LISTEN connection lost, polling until it is back: %s", exc)
+                self._stopping.wait(pause)
+                pause = min(pause * 2, 10.0)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _jsonable(result: Any, ctx: JobContext) -> Any:
+    from .outbox import _first_non_json
+
+    problem = _first_non_json(result, "result")
+    if problem:
+        ctx.logger.warning("%s is a %s, not JSON: the result is not saved", problem[0], type(problem[1]).__name__)
+        return None
+    return result
