@@ -73,3 +73,6 @@ def atomic_write(payload, ctx):
 })
 def typed(payload, ctx):
     return payload["client_id"]
+
+
+from . import jobs_acceptance, jobs_integration  # noqa: E402,F401  (more handlers, kept by test suite)

@@ -1,0 +1,1 @@
+"""Extra handlers for tests/acceptance (owned by those tests)."""

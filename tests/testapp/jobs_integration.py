@@ -1,0 +1,1 @@
+"""Extra handlers for tests/integration and tests/unit (owned by those tests)."""
