@@ -56,3 +56,83 @@ def check_settings(app_configs=None, **kwargs: Any) -> list[checks.CheckMessage]
             errors.append(checks.Error(f"DOCTORJOB['BACKOFF']: {exc}", obj="settings.DOCTORJOB",
                                        id="doctorjob.E004"))
     return errors
+
+
+@checks.register()
+def check_job_overrides(app_configs=None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Validate every DOCTORJOB['JOBS'] entry against the registered jobs."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from .definitions import OVERRIDE_KEYS
+    from .exceptions import InvalidPayload
+    from .registry import registry
+    from .schedule import ScheduleError, validate_schedule
+
+    value = getattr(django_settings, "DOCTORJOB", {})
+    jobs = value.get("JOBS", {}) if isinstance(value, dict) else {}
+    if not isinstance(jobs, dict):
+        return []  # reported by check_settings
+    errors: list[checks.CheckMessage] = []
+
+    def error(name: str, message: str, id: str, hint: str | None = None) -> None:
+        errors.append(checks.Error(f"DOCTORJOB['JOBS'][{name!r}]: {message}", hint=hint,
+                                   obj="settings.DOCTORJOB", id=id))
+
+    for name, override in jobs.items():
+        if name not in registry:
+            import difflib
+
+            close = difflib.get_close_matches(str(name), registry, n=3)
+            error(name, "no job is registered under that name", "doctorjob.E010",
+                  f"Did you mean {' or '.join(map(repr, close))}?" if close else None)
+            continue
+        if not isinstance(override, dict):
+            error(name, f"must be a dict, got {override!r}", "doctorjob.E011")
+            continue
+        for key in set(override) - OVERRIDE_KEYS:
+            error(name, f"unknown key {key!r}", "doctorjob.E011", "Known keys: " + ", ".join(sorted(OVERRIDE_KEYS)))
+        if override.get("schedule"):
+            try:
+                validate_schedule(override["schedule"])
+            except ScheduleError as exc:
+                error(name, f"bad 'schedule': {exc}", "doctorjob.E012")
+        if "timezone" in override:
+            try:
+                ZoneInfo(str(override["timezone"]))
+            except (ZoneInfoNotFoundError, ValueError):
+                error(name, f"bad 'timezone': unknown time zone {override['timezone']!r}", "doctorjob.E013")
+        if "payload" in override:
+            try:
+                registry[name].validate(override["payload"])
+            except InvalidPayload as exc:
+                error(name, f"bad 'payload': {exc}", "doctorjob.E014")
+        if "version" in override and not (
+            isinstance(override["version"], int) and not isinstance(override["version"], bool)
+            and override["version"] >= 1
+        ):
+            error(name, f"bad 'version': must be an integer >= 1, got {override['version']!r}", "doctorjob.E015")
+        if "paused" in override and not isinstance(override["paused"], bool):
+            error(name, f"bad 'paused': must be True or False, got {override['paused']!r}", "doctorjob.E016")
+    return errors
+
+
+@checks.register(checks.Tags.database)
+def check_versions(app_configs=None, databases=None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Warn when a job's options or schedule changed but its version did not (runs with
+    ``manage.py check --database`` and at worker start)."""
+    from django.db import DatabaseError
+
+    from .definitions import unversioned_changes
+
+    warnings: list[checks.CheckMessage] = []
+    for alias in databases or []:
+        try:
+            problems = unversioned_changes(alias)
+        except DatabaseError:  # not migrated yet: nothing recorded to compare with
+            continue
+        warnings.extend(
+            checks.Warning(problem, hint="Increment the job's version (@job(version=...)) when its data "
+                           "or pattern changes.", obj="doctorjob", id="doctorjob.W001")
+            for problem in problems
+        )
+    return warnings

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,9 +15,7 @@ class JobLogger(logging.LoggerAdapter):
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
-        return f"[job_id={extra['job_id']} name={extra['job_name']}] {msg}", {
-            **kwargs, "extra": {**extra, **kwargs.get("extra", {})}
-        }
+        return f"[job_id={extra['job_id']} name={extra['job_name']}] {msg}", kwargs
 
 
 @dataclass(frozen=True)
@@ -40,3 +39,31 @@ class JobContext:
     @property
     def is_last_attempt(self) -> bool:
         return self.attempt >= self.max_attempts
+
+
+_current = threading.local()
+
+
+def set_current_job(ctx: JobContext | None, version: int = 1) -> None:
+    """Mark which job this thread is running, for the log record factory."""
+    _current.job = (ctx, version) if ctx is not None else None
+
+
+def install_log_record_factory() -> None:
+    """Give every LogRecord created while a handler runs ``job_id``, ``job_name``, ``attempt``
+    and ``job_version``, whoever logs it (the handler, a library it calls, Django)."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "doctorjob", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        current = getattr(_current, "job", None)
+        if current is not None:
+            ctx, version = current
+            record.job_id, record.job_name, record.attempt, record.job_version = (
+                ctx.job_id, ctx.name, ctx.attempt, version)
+        return record
+
+    factory.doctorjob = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)

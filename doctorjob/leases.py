@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .models import DeadLetter, Job, Status
+from .models import DeadLetter, Job, JobExecution, Outcome, Status, Worker
 
 WORKER_LOST = "worker lost: its lease expired before the job finished"
 
@@ -36,10 +36,13 @@ class Claimed:
     priority: int
     key: str | None
     created_at: datetime
+    version: int
+    started_at: datetime
     lease_id: uuid.UUID
 
 
-_COLUMNS = ("id", "name", "queue", "payload", "attempts", "max_attempts", "priority", "key", "created_at")
+_COLUMNS = ("id", "name", "queue", "payload", "attempts", "max_attempts", "priority", "key", "created_at",
+            "version", "started_at")
 
 # PostgreSQL claim, one statement and so one short transaction: lock up to `limit` runnable
 # jobs in priority, run time, id order, skipping rows another worker is claiming right now
@@ -53,39 +56,51 @@ SET status = 'running', attempts = j.attempts + 1, lease_id = %s, worker = %s,
     lease_expires_at = %s, started_at = %s, finished_at = NULL
 WHERE j.id IN (
     SELECT id FROM doctorjob_job
-    WHERE status = 'queued' AND run_at <= %s {queues}
+    WHERE status = 'queued' AND run_at <= %s AND concurrency_key IS NULL {filters}
     ORDER BY priority DESC, run_at, id
     LIMIT %s
     FOR UPDATE SKIP LOCKED
 )
-RETURNING j.id, j.name, j.queue, j.payload, j.attempts, j.max_attempts, j.priority, j.key, j.created_at
+RETURNING j.id, j.name, j.queue, j.payload, j.attempts, j.max_attempts, j.priority, j.key, j.created_at,
+          j.version, j.started_at
 """
 
 
-def claim(alias: str, *, worker: str, limit: int, lease: float, queues: Sequence[str] | None = None) -> list[Claimed]:
-    """Take up to ``limit`` runnable jobs for ``worker`` and return them, running under one new lease."""
+def claim(
+    alias: str,
+    *,
+    worker: str,
+    limit: int,
+    lease: float,
+    queues: Sequence[str] | None = None,
+    paused_names: Sequence[str] = (),
+    paused_queues: Sequence[str] = (),
+) -> list[Claimed]:
+    """Take up to ``limit`` runnable jobs for ``worker`` and return them, running under one new lease.
+
+    Jobs with a concurrency key are left to ``claim_keyed()``.
+    """
     lease_id = uuid.uuid4()
     now = timezone.now()
     expires = now + timedelta(seconds=lease)
     connection = connections[alias]
     if connection.vendor == "postgresql":
         params: list[Any] = [lease_id, worker, expires, now, now]
-        if queues:
-            params.append(list(queues))
+        filters = []
+        for column, values, op in (("queue", queues, "="), ("name", paused_names, "<>"),
+                                   ("queue", paused_queues, "<>")):
+            if values:
+                filters.append(f"AND {column} {op} {'ANY' if op == '=' else 'ALL'}(%s)")
+                params.append(list(values))
         params.append(limit)
-        sql = _CLAIM.format(queues="AND queue = ANY(%s)" if queues else "")
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(_CLAIM.format(filters=" ".join(filters)), params)
             rows = cursor.fetchall()
         rows.sort(key=lambda r: r[0])
         return [_claimed(row, lease_id) for row in rows]
 
-    runnable = Job.objects.using(alias).filter(status=Status.QUEUED, run_at__lte=now)
-    if queues:
-        runnable = runnable.filter(queue__in=queues)
-    runnable = runnable.order_by("-priority", "run_at", "id")
-    changes = dict(status=Status.RUNNING, attempts=F("attempts") + 1, lease_id=lease_id,
-                   worker=worker, lease_expires_at=expires, started_at=now, finished_at=None)
+    runnable = _runnable(alias, now, queues, paused_names, paused_queues).filter(concurrency_key__isnull=True)
+    changes = _claim_changes(lease_id, worker, expires, now)
     if connection.features.has_select_for_update_skip_locked:
         # MySQL/MariaDB: the same SKIP LOCKED claim in a short transaction of two statements.
         with transaction.atomic(using=alias):
@@ -101,11 +116,88 @@ def claim(alias: str, *, worker: str, limit: int, lease: float, queues: Sequence
     return [_claimed(row, lease_id) for row in rows]
 
 
+def _runnable(alias, now, queues, paused_names, paused_queues):
+    runnable = Job.objects.using(alias).filter(status=Status.QUEUED, run_at__lte=now)
+    if queues:
+        runnable = runnable.filter(queue__in=queues)
+    if paused_names:
+        runnable = runnable.exclude(name__in=paused_names)
+    if paused_queues:
+        runnable = runnable.exclude(queue__in=paused_queues)
+    return runnable.order_by("-priority", "run_at", "id")
+
+
+def _claim_changes(lease_id: uuid.UUID, worker: str, expires: datetime, now: datetime) -> dict[str, Any]:
+    return dict(status=Status.RUNNING, attempts=F("attempts") + 1, lease_id=lease_id,
+                worker=worker, lease_expires_at=expires, started_at=now, finished_at=None)
+
+
+def claim_keyed(
+    alias: str,
+    *,
+    worker: str,
+    limit: int,
+    lease: float,
+    skip_on_overlap: Sequence[str] = (),
+    queues: Sequence[str] | None = None,
+    paused_names: Sequence[str] = (),
+    paused_queues: Sequence[str] = (),
+) -> tuple[list[Claimed], list[int]]:
+    """Claim jobs that hold a concurrency key (singletons, one-per-tenant), one at a time.
+
+    The partial unique index on running rows' ``concurrency_key`` is what forbids overlap: a
+    second claim of the same key fails inside its savepoint, whichever worker tries it. The
+    job then waits queued, or is skipped when its name is in ``skip_on_overlap``.
+    Returns (claimed, ids of skipped jobs).
+    """
+    now = timezone.now()
+    expires = now + timedelta(seconds=lease)
+    connection = connections[alias]
+    candidates = _runnable(alias, now, queues, paused_names, paused_queues).filter(concurrency_key__isnull=False)
+    claimed, skipped = [], []
+    with transaction.atomic(using=alias):
+        if connection.features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True)
+        rows = list(candidates.values_list("id", "name", "concurrency_key")[:limit])
+        keys_taken: set[str] = set()
+        for job_id, name, key in rows:
+            lease_id = uuid.uuid4()
+            try:
+                if key in keys_taken:
+                    raise IntegrityError(key)
+                with transaction.atomic(using=alias):
+                    Job.objects.using(alias).filter(id=job_id, status=Status.QUEUED).update(
+                        **_claim_changes(lease_id, worker, expires, now))
+                keys_taken.add(key)
+            except IntegrityError:
+                if name in skip_on_overlap:
+                    Job.objects.using(alias).filter(id=job_id, status=Status.QUEUED).update(
+                        status=Status.SKIPPED, finished_at=now,
+                        error=f"skipped: another run holding concurrency key {key!r} was in progress")
+                    skipped.append(job_id)
+                continue
+            claimed.extend(_claimed(row, lease_id) for row in
+                           Job.objects.using(alias).filter(id=job_id, lease_id=lease_id).values_list(*_COLUMNS))
+    return claimed, skipped
+
+
 def _claimed(row: Sequence[Any], lease_id: uuid.UUID) -> Claimed:
     payload = row[3]
     if isinstance(payload, (str, bytes)):  # Django's psycopg loader leaves jsonb as text
         payload = json.loads(payload)
-    return Claimed(row[0], row[1], row[2], payload, row[4], row[5], row[6], row[7], row[8], lease_id)
+    return Claimed(row[0], row[1], row[2], payload, *row[4:11], lease_id)
+
+
+def skip(alias: str, job: Claimed, reason: str) -> bool:
+    """Mark a claimed job skipped (not retried), keeping the reason."""
+    return bool(_owned(alias, job).update(status=Status.SKIPPED, error=reason, lease_expires_at=None,
+                                          finished_at=timezone.now()))
+
+
+def record_executions(alias: str, rows: Sequence[JobExecution]) -> None:
+    """Execution history, one row per attempt, in one INSERT."""
+    if rows:
+        JobExecution.objects.using(alias).bulk_create(rows)
 
 
 def _owned(alias: str, job: Claimed):
@@ -195,10 +287,10 @@ def sweep_expired(alias: str, limit: int = 500) -> tuple[list[Claimed], list[Cla
     """
     now = timezone.now()
     rows = (Job.objects.using(alias).filter(status=Status.RUNNING, lease_expires_at__lt=now)
-            .order_by("lease_expires_at").values_list(*_COLUMNS, "lease_id")[:limit])
+            .order_by("lease_expires_at").values_list(*_COLUMNS, "worker", "lease_id")[:limit])
     requeued, dead = [], []
     for row in rows:
-        job = _claimed(row[:-1], row[-1])
+        job = _claimed(row[:-2], row[-1])
         if job.attempts >= job.max_attempts:
             if dead_letter(alias, job, error=WORKER_LOST, tb=""):
                 dead.append(job)
@@ -206,7 +298,21 @@ def sweep_expired(alias: str, limit: int = 500) -> tuple[list[Claimed], list[Cla
             status=Status.QUEUED, error=WORKER_LOST, lease_id=None, lease_expires_at=None, worker="",
         ):
             requeued.append(job)
+        else:
+            continue
+        record_executions(alias, [JobExecution(
+            job_id=job.id, attempt=job.attempts, worker=row[-2], started_at=job.started_at, finished_at=now,
+            duration=now - job.started_at if job.started_at else None, outcome=Outcome.LOST, error=WORKER_LOST,
+        )])
     return requeued, dead
+
+
+def mark_lost_workers(alias: str) -> int:
+    """Flag worker rows whose heartbeat is older than three of their leases."""
+    now = timezone.now()
+    lost = [w.pk for w in Worker.objects.using(alias).filter(lost=False).only("pk", "lease", "last_heartbeat")
+            if w.last_heartbeat < now - timedelta(seconds=3 * w.lease)]
+    return Worker.objects.using(alias).filter(pk__in=lost).update(lost=True) if lost else 0
 
 
 def prune_succeeded(alias: str, keep: timedelta, chunk: int = 5000) -> int:

@@ -12,6 +12,7 @@ class Status(models.TextChoices):
     SUCCEEDED = "succeeded", "succeeded"
     DEAD = "dead", "dead"
     CANCELLED = "cancelled", "cancelled"
+    SKIPPED = "skipped", "skipped"
 
 
 class Job(models.Model):
@@ -41,8 +42,19 @@ class Job(models.Model):
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     traceback = models.TextField(blank=True, default="")
+    version = models.PositiveIntegerField(default=1, help_text="Version of the job it was enqueued with.")
+    concurrency_key = models.CharField(
+        max_length=255, null=True, blank=True, help_text="At most one running job per key (singleton jobs)."
+    )
 
     class Meta:
+        constraints = [
+            # Singleton and per-key jobs: the running row itself is the lock, so a crashed
+            # worker leaves nothing behind once the lease sweep requeues its job.
+            models.UniqueConstraint(
+                "concurrency_key", name="doctorjob_job_one_running_per_key", condition=Q(status="running"),
+            ),
+        ]
         indexes = [
             # The claim query: runnable jobs in (priority desc, run_at, id) order.
             models.Index(
@@ -102,8 +114,71 @@ class JobDefinition(models.Model):
     retired = models.BooleanField(default=False)
     version = models.PositiveIntegerField(default=1)
     min_version = models.PositiveIntegerField(default=1)
+    scheduled_since = models.DateTimeField(
+        null=True, blank=True, help_text="Ticks before this time (the schedule's last change) are never enqueued."
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        permissions = [("run_jobdefinition", "Can run a job now")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class QueueState(models.Model):
+    """A queue an operator paused: workers claim nothing from it until it is resumed."""
+
+    name = models.CharField(max_length=100, unique=True)
+    paused = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "queue"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Outcome(models.TextChoices):
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    SKIPPED = "skipped", "skipped"
+    LOST = "lost", "lost"
+
+
+class JobExecution(models.Model):
+    """One attempt of a job: who ran it, when, for how long, and how it ended."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="executions")
+    attempt = models.PositiveIntegerField(default=1)
+    worker = models.CharField(max_length=255, blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration = models.DurationField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [models.Index("job", "attempt", name="doctorjob_execution_job")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} attempt {self.attempt}: {self.outcome}"
+
+
+class Worker(models.Model):
+    """A running ``run_jobs`` process; removed on clean exit, marked lost when it stops beating."""
+
+    name = models.CharField(max_length=255, unique=True)
+    host = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    queues = models.CharField(max_length=1000, blank=True, default="", help_text="Empty: every queue.")
+    concurrency = models.PositiveIntegerField(default=1)
+    lease = models.FloatField(default=30.0)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_heartbeat = models.DateTimeField(default=timezone.now)
+    lost = models.BooleanField(default=False)
 
     def __str__(self) -> str:
         return self.name

@@ -112,6 +112,8 @@ def build_job(
         raise InvalidEnqueue(f"job '{job_type.name}': max_attempts must be an integer >= 1, got {max_attempts!r}")
     return Job(
         name=job_type.name,
+        version=settings.JOBS.get(job_type.name, {}).get("version", job_type.version),
+        concurrency_key=job_type.key_for(payload),
         queue=queue or job_type.queue,
         payload=payload,
         priority=job_type.priority if priority is None else priority,
@@ -175,12 +177,14 @@ def _write(rows: list[Job], using: str | None) -> list[Job]:
 _INSERT = """
 WITH ins AS (
     INSERT INTO doctorjob_job (name, queue, payload, status, priority, run_at, attempts,
-                               max_attempts, key, created_at, worker, error, traceback)
+                               max_attempts, key, created_at, version, concurrency_key,
+                               worker, error, traceback)
     SELECT r.name, r.queue, r.payload, 'queued', r.priority, r.run_at, 0,
-           r.max_attempts, r.key, r.created_at, '', '', ''
+           r.max_attempts, r.key, r.created_at, r.version, r.concurrency_key, '', '', ''
     FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::int[], %s::timestamptz[], %s::int[],
-                %s::text[], %s::timestamptz[])
-         AS r(name, queue, payload, priority, run_at, max_attempts, key, created_at)
+                %s::text[], %s::timestamptz[], %s::int[], %s::text[])
+         AS r(name, queue, payload, priority, run_at, max_attempts, key, created_at, version,
+              concurrency_key)
     ON CONFLICT (key) DO NOTHING
     RETURNING id, key, queue, run_at
 )
@@ -196,7 +200,8 @@ def _write_postgresql(rows: list[Job], alias: str) -> list[Job]:
         [r.name for r in rows], [r.queue for r in rows],
         [json.dumps(r.payload, separators=(",", ":")) for r in rows],
         [r.priority for r in rows], [r.run_at for r in rows], [r.max_attempts for r in rows],
-        [r.key for r in rows], [r.created_at for r in rows],
+        [r.key for r in rows], [r.created_at for r in rows], [r.version for r in rows],
+        [r.concurrency_key for r in rows],
     ]
     if notify:
         params.append(timezone.now())

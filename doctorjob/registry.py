@@ -26,6 +26,33 @@ class JobType:
     backoff: BackoffSpec = None
     atomic: bool = False
     schema: Mapping[str, Any] | None = None
+    version: int = 1
+    min_version: int = 1
+    schedule: str = ""
+    payload: Any = None
+    singleton: bool = False
+    on_overlap: str = "wait"
+    concurrency_key: Callable[[Any], Any] | None = field(default=None, compare=False)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """What a new version should be declared for when it changes (stored on JobVersion)."""
+        return {
+            "queue": self.queue, "max_attempts": self.max_attempts, "priority": self.priority,
+            "atomic": self.atomic, "schema": self.schema, "singleton": self.singleton,
+            "on_overlap": self.on_overlap, "concurrency_key": self.concurrency_key is not None,
+        }
+
+    def key_for(self, payload: Any) -> str | None:
+        """The concurrency key a job with ``payload`` holds while it runs, if any."""
+        if self.singleton:
+            return self.name
+        if self.concurrency_key is None:
+            return None
+        try:
+            return f"{self.name}:{self.concurrency_key(payload)}"
+        except Exception as exc:
+            raise InvalidPayload(f"concurrency_key of job '{self.name}' failed on the payload: {exc!r}") from exc
 
     @property
     def path(self) -> str:
@@ -73,11 +100,22 @@ def job(
     backoff: BackoffSpec = None,
     atomic: bool = False,
     schema: Mapping[str, Any] | None = None,
+    version: int = 1,
+    min_version: int | None = None,
+    schedule: str | None = None,
+    payload: Any = None,
+    singleton: bool = False,
+    on_overlap: str = "wait",
+    concurrency_key: Callable[[Any], Any] | None = None,
 ) -> Any:
     """Register ``handler(payload, ctx)`` as a job; ``name`` defaults to its dotted path.
 
     Usable bare (``@job``) or with options (``@job("emails.send", queue="emails")``).
     The function is returned unchanged, with ``.job`` set to its JobType.
+
+    ``schedule`` (cron, 5 fields or 6 with seconds first) makes workers enqueue it with
+    ``payload``; ``version``/``min_version`` retire old job data; ``singleton`` and
+    ``concurrency_key`` keep runs from overlapping (``on_overlap``: "wait" or "skip").
     """
     if callable(name):  # bare @job
         return job()(name)
@@ -102,9 +140,35 @@ def job(
         except (TypeError, ValueError) as exc:
             raise ImproperlyConfigured(f"@job backoff: {exc}") from exc
 
+    for arg, value in (("version", version), ("min_version", min_version if min_version is not None else 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ImproperlyConfigured(f"@job {arg} must be an integer >= 1, got {value!r}")
+    if min_version is not None and min_version > version:
+        raise ImproperlyConfigured(f"@job min_version ({min_version}) is above version ({version})")
+    if on_overlap not in ("wait", "skip"):
+        raise ImproperlyConfigured(f"@job on_overlap must be 'wait' or 'skip', got {on_overlap!r}")
+    if concurrency_key is not None and not callable(concurrency_key):
+        raise ImproperlyConfigured("@job concurrency_key must be a function of the payload")
+    if schedule:
+        from .schedule import ScheduleError, validate_schedule
+
+        try:
+            validate_schedule(schedule)
+        except ScheduleError as exc:
+            raise ImproperlyConfigured(f"@job schedule: {exc}") from exc
+
     def decorator(func: Handler) -> Handler:
         job_name = name or f"{func.__module__}.{func.__qualname__}"
-        job_type = JobType(job_name, func, queue, max_attempts, priority, backoff, atomic, schema)
+        job_type = JobType(
+            job_name, func, queue, max_attempts, priority, backoff, atomic, schema, version,
+            1 if min_version is None else min_version, schedule or "", payload, singleton,
+            on_overlap, concurrency_key,
+        )
+        if payload is not None:
+            try:
+                job_type.validate(payload)
+            except InvalidPayload as exc:
+                raise ImproperlyConfigured(f"@job payload: {exc}") from exc
         existing = registry.get(job_name)
         if existing is not None and existing.path != job_type.path:
             raise ImproperlyConfigured(

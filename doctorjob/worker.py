@@ -23,26 +23,28 @@ from typing import Any
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connections, router, transaction
 from django.utils import timezone
 
-from . import leases
+from . import definitions, leases, schedule
 from .conf import settings
-from .context import JobContext
+from .context import JobContext, install_log_record_factory, set_current_job
 from .exceptions import InvalidPayload, LeaseLost, PermanentError
 from .leases import Claimed
-from .models import Job
+from .models import Job, JobDefinition, JobExecution, Outcome, QueueState
+from .models import Worker as WorkerRow
 from .registry import registry
 from .retry import retry_delay
 
 logger = logging.getLogger("doctorjob")
 
 PRUNE_EVERY = 60.0
+REFRESH_EVERY = 1.0  # pauses, minimal versions, schedule ticks (6-field schedules tick each second)
 
 
 @dataclass
-class Outcome:
+class Attempt:
     """What happened to one attempt, reported by a handler thread to the main thread."""
 
     job: Claimed
-    kind: str  # "succeeded", "recorded" (atomic job, already saved), "failed", "dead", "lost"
+    kind: str  # succeeded, recorded (atomic, already saved), failed, dead, skipped, lost
     duration: float
     result: Any = None
     error: str = ""
@@ -81,11 +83,18 @@ class Worker:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._todo: queues_module.SimpleQueue[Claimed | None] = queues_module.SimpleQueue()
-        self._done: queues_module.SimpleQueue[Outcome] = queues_module.SimpleQueue()
+        self._done: queues_module.SimpleQueue[Attempt] = queues_module.SimpleQueue()
         self._in_flight: dict[int, Claimed] = {}
-        self._unrecorded: list[Outcome] = []
+        self._unrecorded: list[Attempt] = []
         self._claimed = 0
-        self._due = {"renew": 0.0, "sweep": 0.0, "prune": 0.0}
+        self._due = {"renew": 0.0, "sweep": 0.0, "prune": 0.0, "refresh": 0.0}
+        self._paused_names: list[str] = []
+        self._paused_queues: list[str] = []
+        self._min_version: dict[str, int] = {}
+        self._schedules: list[tuple[str, str, datetime | None, Any]] = []
+        self._last_tick: dict[str, datetime] = {}
+        self._keyed = False
+        self._skip_on_overlap: list[str] = []
 
     # -- control ------------------------------------------------------------------------------
 
@@ -97,6 +106,8 @@ class Worker:
         self._wake.set()
 
     def run(self) -> None:
+        install_log_record_factory()
+        self._start_up()
         threads = [threading.Thread(target=self._handler_thread, name=f"doctorjob-{i}", daemon=True)
                    for i in range(self.concurrency)]
         for thread in threads:
@@ -114,8 +125,53 @@ class Worker:
             self._shutdown()
             for _ in threads:
                 self._todo.put(None)
+            try:
+                WorkerRow.objects.using(self.alias).filter(name=self.id).delete()
+            except DatabaseError as exc:
+                logger.warning("could not remove worker row worker=%s: %s", self.id, exc)
             connections[self.alias].close()
         logger.info("worker stopped worker=%s processed=%s", self.id, self.processed)
+
+    def _start_up(self) -> None:
+        """Sync job definitions, warn about unversioned changes, register this worker."""
+        for change in definitions.sync(self.alias):
+            logger.info("definition %s", change)
+        for problem in definitions.unversioned_changes(self.alias):
+            logger.warning("%s: increment its version (doctorjob.W001)", problem)
+        WorkerRow.objects.using(self.alias).create(
+            name=self.id, host=socket.gethostname(), pid=os.getpid(), queues=",".join(self.queues or []),
+            concurrency=self.concurrency, lease=self.lease,
+        )
+        self._keyed = any(t.singleton or t.concurrency_key for t in registry.values())
+        self._skip_on_overlap = [n for n, t in registry.items() if t.on_overlap == "skip"]
+
+    def _refresh_definitions(self) -> None:
+        """Re-read pauses, minimal versions and schedules (operators change them at any time)."""
+        rows = list(JobDefinition.objects.using(self.alias).filter(retired=False)
+                    .values_list("name", "paused", "min_version", "schedule", "scheduled_since", "payload"))
+        self._paused_names = [name for name, paused, *_ in rows if paused]
+        self._min_version = {name: min_version for name, _, min_version, *_ in rows}
+        self._schedules = [(name, schedule, since, payload) for name, paused, _, schedule, since, payload in rows
+                           if schedule and not paused and name in registry]
+        self._paused_queues = list(QueueState.objects.using(self.alias).filter(paused=True)
+                                   .values_list("name", flat=True))
+
+    def _enqueue_due_ticks(self) -> None:
+        """Enqueue the latest due tick of every schedule, once: the tick's key makes a second
+        worker's attempt (or ours, after a restart) a no-op."""
+        from .outbox import enqueue
+
+        now = timezone.now()
+        for name, expression, since, payload in self._schedules:
+            if self.queues and registry[name].queue not in self.queues:
+                continue
+            tick = schedule.latest_tick(expression, now)
+            if (since and tick < since) or self._last_tick.get(name) == tick:
+                continue
+            job = enqueue(name, payload, key=schedule.tick_key(name, tick), using=self.alias)
+            self._last_tick[name] = tick
+            if job.created_at >= now:
+                logger.info("scheduled job_id=%s name=%s tick=%s", job.pk, name, tick.isoformat())
 
     # -- main loop ----------------------------------------------------------------------------
 
@@ -154,7 +210,15 @@ class Worker:
         self._claim_size_last = limit
         if limit <= 0:
             return 0
-        jobs = leases.claim(self.alias, worker=self.id, limit=limit, lease=self.lease, queues=self.queues)
+        filters = dict(queues=self.queues, paused_names=self._paused_names, paused_queues=self._paused_queues)
+        jobs = leases.claim(self.alias, worker=self.id, limit=limit, lease=self.lease, **filters)
+        if self._keyed and len(jobs) < limit:
+            keyed, skipped = leases.claim_keyed(
+                self.alias, worker=self.id, limit=limit - len(jobs), lease=self.lease,
+                skip_on_overlap=self._skip_on_overlap, **filters)
+            for job_id in skipped:
+                logger.info("skipped job_id=%s: another run with its concurrency key is in progress", job_id)
+            jobs += keyed
         self._claimed += len(jobs)
         for job in jobs:
             self._in_flight[job.id] = job
@@ -181,6 +245,7 @@ class Worker:
         try:
             successes = [o for o in pending if o.kind == "succeeded"]
             leases.succeed(self.alias, [(o.job, o.result, o.finished_at) for o in successes])
+            leases.record_executions(self.alias, [self._execution(o) for o in pending if o.kind != "lost"])
             for outcome in pending:
                 self._record_one(outcome)
                 self._in_flight.pop(outcome.job.id, None)
@@ -190,10 +255,21 @@ class Worker:
             self._unrecorded = [o for o in pending if o.job.id in self._in_flight] + self._unrecorded
             raise
 
-    def _record_one(self, o: Outcome) -> None:
+    def _execution(self, o: Attempt) -> JobExecution:
+        finished = o.finished_at or timezone.now()
+        outcome = {"succeeded": Outcome.SUCCEEDED, "recorded": Outcome.SUCCEEDED,
+                   "skipped": Outcome.SKIPPED}.get(o.kind, Outcome.FAILED)
+        return JobExecution(job_id=o.job.id, attempt=o.job.attempts, worker=self.id, started_at=o.job.started_at,
+                            finished_at=finished, duration=timedelta(seconds=o.duration), outcome=outcome,
+                            error=o.error)
+
+    def _record_one(self, o: Attempt) -> None:
         job, log = o.job, logger.info
         if o.kind in ("succeeded", "recorded"):
             log("succeeded job_id=%s name=%s attempt=%s duration=%.3fs", job.id, job.name, job.attempts, o.duration)
+        elif o.kind == "skipped":
+            if leases.skip(self.alias, job, o.error):
+                log("skipped job_id=%s name=%s attempt=%s reason=%s", job.id, job.name, job.attempts, o.error)
         elif o.kind == "lost":
             logger.warning("lease lost job_id=%s name=%s attempt=%s: another worker took the job over",
                            job.id, job.name, job.attempts)
@@ -212,7 +288,14 @@ class Worker:
         now = time.monotonic()
         if now >= self._due["renew"]:
             leases.renew(self.alias, {job.lease_id for job in self._in_flight.values()}, self.lease)
+            WorkerRow.objects.using(self.alias).filter(name=self.id).update(
+                last_heartbeat=timezone.now(), lost=False)
             self._due["renew"] = now + self.lease / 3
+        if now >= self._due["refresh"]:
+            self._refresh_definitions()
+            if not self._stopping.is_set():
+                self._enqueue_due_ticks()
+            self._due["refresh"] = now + REFRESH_EVERY
         if now >= self._due["sweep"]:
             requeued, dead = leases.sweep_expired(self.alias)
             for job in requeued:
@@ -221,6 +304,7 @@ class Worker:
             for job in dead:
                 logger.error("dead job_id=%s name=%s attempt=%s error=%s", job.id, job.name, job.attempts,
                              leases.WORKER_LOST)
+            leases.mark_lost_workers(self.alias)
             self._due["sweep"] = now + self.lease
         if now >= self._due["prune"]:
             pruned = leases.prune_succeeded(self.alias, settings.KEEP_SUCCEEDED)
@@ -288,18 +372,23 @@ class Worker:
             self._done.put(outcome)
             self._wake.set()
 
-    def _execute(self, job: Claimed) -> Outcome:
+    def _execute(self, job: Claimed) -> Attempt:
         started = time.monotonic()
         job_type = registry.get(job.name)
         if job_type is None:
-            return Outcome(job, "dead", 0.0, error=f"unknown job '{job.name}': no handler is registered "
+            return Attempt(job, "dead", 0.0, error=f"unknown job '{job.name}': no handler is registered "
                                                   "under that name in this worker")
         try:
             job_type.validate(job.payload)
         except InvalidPayload as exc:
-            return Outcome(job, "dead", 0.0, error=str(exc))
+            return Attempt(job, "dead", 0.0, error=str(exc))
+        min_version = self._min_version.get(job.name, job_type.min_version)
+        if job.version < min_version:
+            return Attempt(job, "skipped", 0.0, error=f"version {job.version} of job '{job.name}' is below "
+                           f"its minimal supported version {min_version}")
         ctx = JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts, job.key,
                          job.created_at, self.id)
+        set_current_job(ctx, job.version)
         if logger.isEnabledFor(logging.INFO):
             logger.info("claimed job_id=%s name=%s attempt=%s", job.id, job.name, job.attempts)
         try:
@@ -309,17 +398,19 @@ class Worker:
                     result = _jsonable(job_type.func(job.payload, ctx), ctx)
                     if not leases.succeed(self.alias, [(job, result, timezone.now())]):
                         raise LeaseLost(f"job {job.id} is no longer held by this worker")
-                return Outcome(job, "recorded", time.monotonic() - started)
+                return Attempt(job, "recorded", time.monotonic() - started)
             result = _jsonable(job_type.func(job.payload, ctx), ctx)
-            return Outcome(job, "succeeded", time.monotonic() - started, result, finished_at=timezone.now())
+            return Attempt(job, "succeeded", time.monotonic() - started, result, finished_at=timezone.now())
         except LeaseLost:
-            return Outcome(job, "lost", time.monotonic() - started)
+            return Attempt(job, "lost", time.monotonic() - started)
         except PermanentError as exc:
-            return Outcome(job, "dead", time.monotonic() - started, error=_describe(exc),
+            return Attempt(job, "dead", time.monotonic() - started, error=_describe(exc),
                            traceback=traceback.format_exc())
         except BaseException as exc:  # noqa: BLE001 - a handler must never kill its thread
-            return Outcome(job, "failed", time.monotonic() - started, error=_describe(exc),
+            return Attempt(job, "failed", time.monotonic() - started, error=_describe(exc),
                            traceback=traceback.format_exc())
+        finally:
+            set_current_job(None)
 
     # -- LISTEN/NOTIFY --------------------------------------------------------------------------
 

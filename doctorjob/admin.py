@@ -1,0 +1,276 @@
+"""A read-only admin for jobs and dead letters whose state changes are explicit POST actions:
+retry and cancel jobs, requeue dead letters (optionally with a corrected payload)."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
+from django.contrib.auth import get_permission_codename
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.text import Truncator
+
+from . import outbox
+from .exceptions import DoctorJobError, InvalidPayload
+from .models import DeadLetter, Job, Status
+
+
+def _pretty_json(value: Any) -> str:
+    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows change only through explicit actions: no add, and a change form that cannot save.
+
+    A saved change form would write back every field as it was read, overwriting whatever a
+    worker wrote in between.
+    """
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Without obj this is the permission that actions declared with permissions=["change"]
+        # check; with obj it is the change form, which stays view-only.
+        return obj is None and super().has_change_permission(request)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        fields = [name for fieldset in self.fieldsets or () for name in fieldset[1]["fields"]]
+        return [name[0] if isinstance(name, tuple) else name for name in fields]
+
+
+@admin.register(Job)
+class JobAdmin(ReadOnlyAdmin):
+    list_display = ("id", "name", "queue", "status", "attempts_display", "priority", "run_at", "finished_at")
+    list_filter = ("status", "queue", "name")
+    search_fields = ("=id", "key")
+    ordering = ("-id",)
+    # The job table can be large: skip the second COUNT(*) over all rows on filtered pages.
+    show_full_result_count = False
+    actions = ("retry", "cancel")
+    fieldsets = (
+        (None, {"fields": ("name", "queue", "status", "priority", "key")}),
+        ("Timing", {"fields": ("run_at", "created_at", "started_at", "finished_at")}),
+        ("Attempts", {"fields": ("attempts", "max_attempts", "worker", "lease_id", "lease_expires_at")}),
+        ("Payload and result", {"fields": ("payload_display", "result_display")}),
+        ("Last error", {"fields": ("error", "traceback_display")}),
+    )
+
+    @admin.display(description="attempts", ordering="attempts")
+    def attempts_display(self, job: Job) -> str:
+        return f"{job.attempts}/{job.max_attempts}"
+
+    @admin.display(description="payload")
+    def payload_display(self, job: Job) -> str:
+        return _pretty_json(job.payload)
+
+    @admin.display(description="result")
+    def result_display(self, job: Job) -> str:
+        return _pretty_json(job.result)
+
+    @admin.display(description="traceback")
+    def traceback_display(self, job: Job) -> str:
+        return format_html("<pre>{}</pre>", job.traceback) if job.traceback else "-"
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
+        # "=id" cannot compare a word with an integer column; search such terms by key only.
+        if not search_term.strip().isdigit():
+            return queryset.filter(key__icontains=search_term.strip()), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.action(permissions=["change"], description="Retry selected jobs")
+    def retry(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        """Queue the selected dead or cancelled jobs to run now."""
+        selected = list(queryset.only("pk"))
+        retried = outbox.retry(selected)
+        self._report(request, f"Queued {_plural(retried, 'job')} to run now", len(selected) - retried,
+                     "not dead or cancelled")
+
+    @admin.action(permissions=["change"], description="Cancel selected queued jobs")
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        """Cancel the selected queued jobs so they never run."""
+        selected = list(queryset.only("pk"))
+        cancelled = outbox.cancel(selected)
+        self._report(request, f"Cancelled {_plural(cancelled, 'job')}", len(selected) - cancelled, "not queued")
+
+    def _report(self, request: HttpRequest, done: str, skipped: int, because: str) -> None:
+        if skipped:
+            done += f"; skipped {_plural(skipped, 'job')} that were {because}"
+        self.message_user(request, done + ".", messages.SUCCESS if done[-2:] != " 0" else messages.WARNING)
+
+
+class RequeuedFilter(admin.SimpleListFilter):
+    title = "requeued"
+    parameter_name = "requeued"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("no", "Not yet"), ("yes", "Yes")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() in ("no", "yes"):
+            return queryset.filter(requeued_at__isnull=self.value() == "no")
+        return queryset
+
+
+class RequeueForm(forms.Form):
+    """The payload of a dead letter as JSON text, which the user may correct before requeueing."""
+
+    payload = forms.CharField(
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 12, "class": "vLargeTextField"}),
+        help_text="JSON, checked against the job's schema like enqueue() before the job is written.",
+    )
+
+    def __init__(self, *args: Any, dead_letter: DeadLetter, **kwargs: Any) -> None:
+        kwargs.setdefault("initial", {"payload": json.dumps(dead_letter.payload, indent=2, ensure_ascii=False)})
+        super().__init__(*args, **kwargs)
+
+    def clean_payload(self) -> Any:
+        try:
+            payload = json.loads(self.cleaned_data["payload"])
+        except ValueError as exc:
+            raise forms.ValidationError(f"Enter valid JSON: {exc}.", code="invalid_json") from exc
+        # enqueue() treats a null payload as {}; requeue() would read None as "keep the old one".
+        return {} if payload is None else payload
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(ReadOnlyAdmin):
+    list_display = ("id", "name", "queue", "attempts", "error_summary", "created_at", "requeued_at",
+                    "requeued_job_link")
+    list_filter = (RequeuedFilter, "queue", "name")
+    search_fields = ("name", "error")
+    ordering = ("-id",)
+    actions = ("requeue",)
+    change_form_template = "admin/doctorjob/deadletter/change_form.html"
+    requeue_template = "admin/doctorjob/deadletter/requeue.html"
+    fieldsets = (
+        (None, {"fields": ("name", "queue", "priority", ("attempts", "max_attempts"), "key", "job", "created_at")}),
+        ("Error", {"fields": ("error_display", "traceback_display")}),
+        ("Payload", {"fields": ("payload_display",)}),
+        ("Requeue", {"fields": ("requeued_at", "requeued_job")}),
+    )
+
+    @admin.display(description="error")
+    def error_summary(self, letter: DeadLetter) -> str:
+        first_line = letter.error.strip().partition("\n")[0]
+        return Truncator(first_line).chars(120)
+
+    @admin.display(description="error")
+    def error_display(self, letter: DeadLetter) -> str:
+        return format_html("<pre>{}</pre>", letter.error) if letter.error else "-"
+
+    @admin.display(description="traceback")
+    def traceback_display(self, letter: DeadLetter) -> str:
+        return format_html("<pre>{}</pre>", letter.traceback) if letter.traceback else "-"
+
+    @admin.display(description="payload")
+    def payload_display(self, letter: DeadLetter) -> str:
+        return _pretty_json(letter.payload)
+
+    @admin.display(description="requeued as", ordering="requeued_job")
+    def requeued_job_link(self, letter: DeadLetter) -> str:
+        if letter.requeued_job_id is None:
+            return "-"
+        url = reverse("admin:doctorjob_job_change", args=[letter.requeued_job_id], current_app=self.admin_site.name)
+        return format_html('<a href="{}">job #{}</a>', url, letter.requeued_job_id)
+
+    def has_requeue_permission(self, request: HttpRequest, obj: DeadLetter | None = None) -> bool:
+        """Requeueing needs the requeue permission and the view permission, not change."""
+        codename = get_permission_codename("requeue", self.opts)
+        return self.has_view_permission(request, obj) and request.user.has_perm(f"{self.opts.app_label}.{codename}")
+
+    def get_urls(self) -> list:
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path("<path:object_id>/requeue/", self.admin_site.admin_view(self.requeue_view),
+                 name="%s_%s_requeue" % info),
+            *super().get_urls(),
+        ]
+
+    @admin.action(permissions=["requeue"], description="Requeue selected dead letters")
+    def requeue(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        """Requeue each selected dead letter with its payload as a fresh job, one transaction each."""
+        letters = list(queryset)
+        requeued = 0
+        for letter in letters:
+            if letter.requeued_at is not None:
+                continue
+            try:
+                job = outbox.requeue(letter)
+            except DoctorJobError as exc:
+                self.message_user(request, f"Dead letter #{letter.pk} was not requeued: {exc}", messages.ERROR)
+            else:
+                requeued += 1
+                self.log_change(request, letter, f"Requeued as job #{job.pk}.")
+        message = f"Requeued {_plural(requeued, 'dead letter')} as new jobs"
+        already = sum(letter.requeued_at is not None for letter in letters)
+        if already:
+            message += f"; skipped {_plural(already, 'dead letter')} already requeued"
+        self.message_user(request, message + ".", messages.SUCCESS if requeued else messages.WARNING)
+
+    def requeue_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Requeue one dead letter, with the payload as corrected in the detail page's form."""
+        letter = self.get_object(request, unquote(object_id))
+        if not self.has_requeue_permission(request, letter):
+            raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if letter is None:
+            raise Http404(f"There is no dead letter with id {object_id!r}.")
+        change_url = reverse("admin:doctorjob_deadletter_change", args=[quote(letter.pk)],
+                             current_app=self.admin_site.name)
+        if letter.requeued_at is not None:
+            self.message_user(request, self._already_requeued(letter), messages.ERROR)
+            return HttpResponseRedirect(change_url)
+        form = RequeueForm(request.POST, dead_letter=letter)
+        if form.is_valid():
+            try:
+                job = outbox.requeue(letter, form.cleaned_data["payload"])
+            except InvalidPayload as exc:
+                form.add_error("payload", str(exc))
+            except DoctorJobError as exc:
+                form.add_error(None, str(exc))
+            else:
+                self.log_change(request, letter, f"Requeued as job #{job.pk}.")
+                job_url = reverse("admin:doctorjob_job_change", args=[job.pk], current_app=self.admin_site.name)
+                self.message_user(request, format_html(
+                    'Requeued dead letter #{} as <a href="{}">job #{}</a>.', letter.pk, job_url, job.pk))
+                return HttpResponseRedirect(change_url)
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.requeue_template, {
+            **self.admin_site.each_context(request),
+            "title": f"Requeue {letter}",
+            "opts": self.opts,
+            "original": letter,
+            "has_view_permission": True,
+            "requeue_form": form,
+            "requeue_url": request.path,
+        })
+
+    def render_change_form(self, request: HttpRequest, context: dict, *args: Any, obj: Any = None,
+                           **kwargs: Any) -> HttpResponse:
+        if obj is not None and self.has_requeue_permission(request, obj):
+            if obj.requeued_at is None:
+                context["requeue_form"] = RequeueForm(dead_letter=obj)
+                context["requeue_url"] = reverse("admin:doctorjob_deadletter_requeue", args=[quote(obj.pk)],
+                                                 current_app=self.admin_site.name)
+            else:
+                context["requeue_refusal"] = self._already_requeued(obj)
+        return super().render_change_form(request, context, *args, obj=obj, **kwargs)
+
+    @staticmethod
+    def _already_requeued(letter: DeadLetter) -> str:
+        return (f"Dead letter #{letter.pk} was already requeued (as job #{letter.requeued_job_id}); "
+                "it cannot be requeued again.")

@@ -1,0 +1,119 @@
+"""Job definitions and versions: the database's record of which jobs the code declares.
+
+``sync()`` runs at every worker start and in ``manage.py sync_jobs``. Operations may override
+a definition without a code change through ``DOCTORJOB["JOBS"]``; those overrides win here.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import IntegrityError, router, transaction
+from django.utils import timezone
+
+from .conf import settings
+from .models import JobDefinition, JobVersion
+from .registry import JobType, registry
+
+OVERRIDE_KEYS = {"schedule", "payload", "version", "paused", "timezone"}
+
+
+def desired(job_type: JobType) -> dict[str, Any]:
+    """The definition row the code (plus DOCTORJOB['JOBS'] overrides) asks for."""
+    override = settings.JOBS.get(job_type.name, {})
+    options = job_type.options
+    if override.get("timezone"):
+        options = {**options, "timezone": override["timezone"]}
+    return {
+        "queue": job_type.queue,
+        "options": options,
+        "schedule": override.get("schedule", job_type.schedule) or "",
+        "payload": override.get("payload", job_type.payload if job_type.payload is not None else {}),
+        "version": override.get("version", job_type.version),
+        "min_version": job_type.min_version,
+    }
+
+
+def version_of(job_type: JobType) -> int:
+    return settings.JOBS.get(job_type.name, {}).get("version", job_type.version)
+
+
+def sync(using: str | None = None) -> list[str]:
+    """Bring JobDefinition rows in line with the registry; return one line per change
+    (``added NAME``, ``changed NAME``, ``retired NAME``). Pauses set by operators are kept."""
+    alias = using or router.db_for_write(JobDefinition)
+    for attempt in range(3):
+        try:
+            return _sync(alias)
+        except IntegrityError:  # another worker created the same row at the same moment
+            if attempt == 2:
+                raise
+    return []
+
+
+def _sync(alias: str) -> list[str]:
+    changes = []
+    now = timezone.now()
+    with transaction.atomic(using=alias):
+        rows = {d.name: d for d in JobDefinition.objects.using(alias).select_for_update()}
+        for name, job_type in sorted(registry.items()):
+            want = desired(job_type)
+            paused = settings.JOBS.get(name, {}).get("paused")
+            row = rows.get(name)
+            if row is None:
+                row = JobDefinition.objects.using(alias).create(
+                    name=name, paused=bool(paused), scheduled_since=now if want["schedule"] else None,
+                    created_at=now, updated_at=now, **want,
+                )
+                changes.append(f"added {name}")
+            else:
+                changed = {k: v for k, v in want.items() if getattr(row, k) != v}
+                if paused is not None and row.paused != paused:
+                    changed["paused"] = paused
+                if row.retired:
+                    changed["retired"] = False
+                if "schedule" in changed:
+                    changed["scheduled_since"] = now
+                if changed:
+                    for field, value in changed.items():
+                        setattr(row, field, value)
+                    row.updated_at = now
+                    row.save(using=alias, update_fields=[*changed, "updated_at"])
+                    changes.append(f"changed {name}")
+            JobVersion.objects.using(alias).get_or_create(
+                definition=row, number=want["version"],
+                defaults={"options": want["options"], "schedule": want["schedule"],
+                          "payload": want["payload"], "first_seen": now},
+            )
+        for name, row in sorted(rows.items()):
+            if name not in registry and not row.retired:
+                row.retired, row.updated_at = True, now
+                row.save(using=alias, update_fields=["retired", "updated_at"])
+                changes.append(f"retired {name}")
+    return changes
+
+
+def unversioned_changes(using: str | None = None) -> list[str]:
+    """Jobs whose options, schedule or default payload changed while their version did not."""
+    alias = using or router.db_for_read(JobVersion)
+    recorded = {
+        (v.definition.name, v.number): v
+        for v in JobVersion.objects.using(alias).select_related("definition")
+        .filter(definition__name__in=list(registry))
+    }
+    problems = []
+    for name, job_type in sorted(registry.items()):
+        want = desired(job_type)
+        seen = recorded.get((name, want["version"]))
+        if seen is None:
+            continue
+        what = [label for label, a, b in (
+            ("options", seen.options, want["options"]),
+            ("schedule", seen.schedule, want["schedule"]),
+            ("default payload", seen.payload, want["payload"]),
+        ) if a != b]
+        if what:
+            problems.append(
+                f"job '{name}': {' and '.join(what)} changed since version {want['version']} was "
+                f"recorded on {seen.first_seen:%Y-%m-%d}, but the version did not"
+            )
+    return problems
