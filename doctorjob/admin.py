@@ -7,7 +7,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.utils import quote, unquote
+from django.contrib.admin.utils import flatten_fieldsets, quote, unquote
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -46,15 +46,14 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return obj is None and super().has_change_permission(request)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        fields = [name for fieldset in self.fieldsets or () for name in fieldset[1]["fields"]]
-        return [name[0] if isinstance(name, tuple) else name for name in fields]
+        return flatten_fieldsets(self.get_fieldsets(request, obj))
 
 
 @admin.register(Job)
 class JobAdmin(ReadOnlyAdmin):
     list_display = ("id", "name", "queue", "status", "attempts_display", "priority", "run_at", "finished_at")
     list_filter = ("status", "queue", "name")
-    search_fields = ("=id", "key")
+    search_fields = ("key",)
     ordering = ("-id",)
     # The job table can be large: skip the second COUNT(*) over all rows on filtered pages.
     show_full_result_count = False
@@ -77,37 +76,40 @@ class JobAdmin(ReadOnlyAdmin):
 
     @admin.display(description="result")
     def result_display(self, job: Job) -> str:
-        return _pretty_json(job.result)
+        return "-" if job.result is None else _pretty_json(job.result)
 
     @admin.display(description="traceback")
     def traceback_display(self, job: Job) -> str:
         return format_html("<pre>{}</pre>", job.traceback) if job.traceback else "-"
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
-        # "=id" cannot compare a word with an integer column; search such terms by key only.
-        if not search_term.strip().isdigit():
-            return queryset.filter(key__icontains=search_term.strip()), False
-        return super().get_search_results(request, queryset, search_term)
+        """Search keys, and ids when the term is a number."""
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip()
+        if term.isascii() and term.isdigit() and int(term) < 2**63:  # a bigint id
+            results |= queryset.filter(pk=int(term))
+        return results, may_have_duplicates
 
     @admin.action(permissions=["change"], description="Retry selected jobs")
     def retry(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         """Queue the selected dead or cancelled jobs to run now."""
         selected = list(queryset.only("pk"))
         retried = outbox.retry(selected)
-        self._report(request, f"Queued {_plural(retried, 'job')} to run now", len(selected) - retried,
-                     "not dead or cancelled")
+        self._report(request, f"Queued {_plural(retried, 'job')} to run now", retried,
+                     skipped=len(selected) - retried, because="not dead or cancelled")
 
     @admin.action(permissions=["change"], description="Cancel selected queued jobs")
     def cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         """Cancel the selected queued jobs so they never run."""
         selected = list(queryset.only("pk"))
         cancelled = outbox.cancel(selected)
-        self._report(request, f"Cancelled {_plural(cancelled, 'job')}", len(selected) - cancelled, "not queued")
+        self._report(request, f"Cancelled {_plural(cancelled, 'job')}", cancelled,
+                     skipped=len(selected) - cancelled, because="not queued")
 
-    def _report(self, request: HttpRequest, done: str, skipped: int, because: str) -> None:
+    def _report(self, request: HttpRequest, message: str, changed: int, *, skipped: int, because: str) -> None:
         if skipped:
-            done += f"; skipped {_plural(skipped, 'job')} that were {because}"
-        self.message_user(request, done + ".", messages.SUCCESS if done[-2:] != " 0" else messages.WARNING)
+            message += f"; skipped {_plural(skipped, 'job')} whose status was {because}"
+        self.message_user(request, message + ".", messages.SUCCESS if changed else messages.WARNING)
 
 
 class RequeuedFilter(admin.SimpleListFilter):

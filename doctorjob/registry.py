@@ -62,7 +62,9 @@ class JobType:
         """Raise InvalidPayload if ``payload`` breaks the job's JSON Schema."""
         if self.schema is None:
             return
-        error = _validator(self.schema).best_match(payload)  # type: ignore[union-attr]
+        from jsonschema.exceptions import best_match
+
+        error = best_match(_validator(self.schema).iter_errors(payload))
         if error is not None:
             where = "payload" + "".join(f"[{p!r}]" for p in error.absolute_path)
             raise InvalidPayload(f"{where} does not match the schema of job '{self.name}': {error.message}")
