@@ -59,7 +59,7 @@ class JobAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     actions = ("retry", "cancel")
     fieldsets = (
-        (None, {"fields": ("name", "queue", "status", "priority", "key")}),
+        (None, {"fields": ("name", "version", "queue", "status", "priority", "key", "concurrency_key")}),
         ("Timing", {"fields": ("run_at", "created_at", "started_at", "finished_at")}),
         ("Attempts", {"fields": ("attempts", "max_attempts", "worker", "lease_id", "lease_expires_at")}),
         ("Payload and result", {"fields": ("payload_display", "result_display")}),

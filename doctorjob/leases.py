@@ -214,32 +214,51 @@ def renew(alias: str, lease_ids: Iterable[uuid.UUID], lease: float) -> int:
     )
 
 
+# Succeed many jobs in one statement, each only if our lease still holds it, and write the
+# execution history of exactly those jobs in the same statement.
 _SUCCEED = """
-UPDATE doctorjob_job AS j
-SET status = 'succeeded', finished_at = v.finished_at, result = v.result::jsonb,
-    lease_expires_at = NULL, error = ''
-FROM unnest(%s::bigint[], %s::uuid[], %s::timestamptz[], %s::text[]) AS v(id, lease_id, finished_at, result)
-WHERE j.id = v.id AND j.lease_id = v.lease_id AND j.status = 'running'
+WITH v AS (
+    SELECT * FROM unnest(%s::bigint[], %s::uuid[], %s::timestamptz[], %s::text[], %s::int[],
+                         %s::timestamptz[], %s::float8[])
+        AS v(id, lease_id, finished_at, result, attempt, started_at, duration)
+), done AS (
+    UPDATE doctorjob_job AS j
+    SET status = 'succeeded', finished_at = v.finished_at, result = v.result::jsonb,
+        lease_expires_at = NULL, error = ''
+    FROM v
+    WHERE j.id = v.id AND j.lease_id = v.lease_id AND j.status = 'running'
+    RETURNING j.id
+)
+INSERT INTO doctorjob_jobexecution (job_id, attempt, worker, started_at, finished_at, duration, outcome, error)
+SELECT v.id, v.attempt, %s, v.started_at, v.finished_at, make_interval(secs => v.duration), 'succeeded', ''
+FROM v JOIN done ON done.id = v.id
 """
 
 
-def succeed(alias: str, done: Sequence[tuple[Claimed, Any, datetime]]) -> int:
-    """Mark many jobs succeeded in one statement, each only if its lease is still ours."""
+def succeed(alias: str, done: Sequence[tuple[Claimed, Any, datetime, float]], worker: str) -> int:
+    """Mark jobs succeeded (each only if its lease is still ours) and record their executions.
+
+    ``done`` holds (job, result, finished_at, duration in seconds). Returns how many were ours.
+    """
     if not done:
         return 0
     connection = connections[alias]
     if connection.vendor == "postgresql":
-        params = [[j.id for j, _, _ in done], [j.lease_id for j, _, _ in done],
-                  [at for _, _, at in done],
-                  [None if r is None else json.dumps(r) for _, r, _ in done]]
+        params = [[j.id for j, *_ in done], [j.lease_id for j, *_ in done], [d[2] for d in done],
+                  [None if d[1] is None else json.dumps(d[1]) for d in done], [j.attempts for j, *_ in done],
+                  [j.started_at for j, *_ in done], [d[3] for d in done], worker]
         with connection.cursor() as cursor:
             cursor.execute(_SUCCEED, params)
             return cursor.rowcount
     count = 0
     with transaction.atomic(using=alias):
-        for job, result, at in done:
-            count += _owned(alias, job).update(status=Status.SUCCEEDED, finished_at=at, result=result,
-                                               lease_expires_at=None, error="")
+        for job, result, at, duration in done:
+            if _owned(alias, job).update(status=Status.SUCCEEDED, finished_at=at, result=result,
+                                         lease_expires_at=None, error=""):
+                count += 1
+                JobExecution.objects.using(alias).create(
+                    job_id=job.id, attempt=job.attempts, worker=worker, started_at=job.started_at,
+                    finished_at=at, duration=timedelta(seconds=duration), outcome=Outcome.SUCCEEDED)
     return count
 
 

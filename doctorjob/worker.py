@@ -36,6 +36,7 @@ from .retry import retry_delay
 logger = logging.getLogger("doctorjob")
 
 PRUNE_EVERY = 60.0
+RECORD_EVERY = 0.05  # seconds an outcome may wait to be saved with others in one statement
 REFRESH_EVERY = 1.0  # pauses, minimal versions, schedule ticks (6-field schedules tick each second)
 
 
@@ -95,6 +96,7 @@ class Worker:
         self._last_tick: dict[str, datetime] = {}
         self._keyed = False
         self._skip_on_overlap: list[str] = []
+        self._low_water = max(self.batch_size // 2, self.concurrency)
 
     # -- control ------------------------------------------------------------------------------
 
@@ -182,7 +184,7 @@ class Worker:
             try:
                 self._record()
                 self._maintain()
-                claimed = self._claim()
+                claimed, full = self._claim()
                 failures = 0
             except (OperationalError, InterfaceError) as exc:
                 failures += 1
@@ -191,25 +193,25 @@ class Worker:
                 self._reset_connection()
                 self._stopping.wait(pause)
                 continue
-            if self.burst and not claimed and not self._in_flight:
+            if not self._in_flight and (
+                (self.burst and not claimed) or (self.max_jobs is not None and self._claimed >= self.max_jobs)
+            ):
                 return
-            if self.max_jobs is not None and self._claimed >= self.max_jobs and not self._in_flight:
-                return
-            if claimed and claimed == self._claim_size_last:
-                continue  # a full batch: more jobs are probably waiting
+            if full and self._todo.qsize() < self.batch_size:
+                continue  # a full batch came back: more jobs are probably waiting
             self._wake.wait(self._wait_time())
 
-    def _claim(self) -> int:
-        capacity = max(self.batch_size, self.concurrency)
-        if len(self._in_flight) > capacity // 2:
-            self._claim_size_last = -1
-            return 0
-        limit = min(self.batch_size, capacity - len(self._in_flight))
+    def _claim(self) -> tuple[int, bool]:
+        """Top up the jobs waiting for a handler thread to about one batch ahead of the threads,
+        so they never wait on a claim round trip. Returns (claimed, whether the batch was full)."""
+        waiting = self._todo.qsize()
+        if waiting > self._low_water:
+            return 0, False
+        limit = self.batch_size
         if self.max_jobs is not None:
             limit = min(limit, self.max_jobs - self._claimed)
-        self._claim_size_last = limit
         if limit <= 0:
-            return 0
+            return 0, False
         filters = dict(queues=self.queues, paused_names=self._paused_names, paused_queues=self._paused_queues)
         jobs = leases.claim(self.alias, worker=self.id, limit=limit, lease=self.lease, **filters)
         if self._keyed and len(jobs) < limit:
@@ -223,14 +225,14 @@ class Worker:
         for job in jobs:
             self._in_flight[job.id] = job
             self._todo.put(job)
-        return len(jobs)
-
-    _claim_size_last = 0
+        return len(jobs), len(jobs) == limit
 
     def _wait_time(self) -> float:
         now = time.monotonic()
-        next_due = min(self._due.values()) - now
-        return max(0.0, min(self.poll_interval, next_due))
+        wait = min(self.poll_interval, min(self._due.values()) - now)
+        if self._in_flight:
+            wait = min(wait, RECORD_EVERY)  # outcomes of running jobs are saved within this
+        return max(0.0, wait)
 
     def _record(self) -> None:
         """Save the outcomes handler threads reported: successes in one statement."""
@@ -244,8 +246,9 @@ class Worker:
         pending, self._unrecorded = self._unrecorded, []
         try:
             successes = [o for o in pending if o.kind == "succeeded"]
-            leases.succeed(self.alias, [(o.job, o.result, o.finished_at) for o in successes])
-            leases.record_executions(self.alias, [self._execution(o) for o in pending if o.kind != "lost"])
+            leases.succeed(self.alias, [(o.job, o.result, o.finished_at, o.duration) for o in successes], self.id)
+            leases.record_executions(self.alias, [self._execution(o) for o in pending
+                                                  if o.kind in ("failed", "dead", "skipped")])
             for outcome in pending:
                 self._record_one(outcome)
                 self._in_flight.pop(outcome.job.id, None)
@@ -257,8 +260,7 @@ class Worker:
 
     def _execution(self, o: Attempt) -> JobExecution:
         finished = o.finished_at or timezone.now()
-        outcome = {"succeeded": Outcome.SUCCEEDED, "recorded": Outcome.SUCCEEDED,
-                   "skipped": Outcome.SKIPPED}.get(o.kind, Outcome.FAILED)
+        outcome = Outcome.SKIPPED if o.kind == "skipped" else Outcome.FAILED
         return JobExecution(job_id=o.job.id, attempt=o.job.attempts, worker=self.id, started_at=o.job.started_at,
                             finished_at=finished, duration=timedelta(seconds=o.duration), outcome=outcome,
                             error=o.error)
@@ -370,7 +372,10 @@ class Worker:
             outcome = self._execute(job)
             close_old_connections()
             self._done.put(outcome)
-            self._wake.set()
+            # Wake the main thread only when it has work: claiming more (the queue of waiting
+            # jobs runs low) or saving outcomes in bulk; otherwise it saves them on its timer.
+            if self._todo.qsize() <= self._low_water:
+                self._wake.set()
 
     def _execute(self, job: Claimed) -> Attempt:
         started = time.monotonic()
@@ -396,7 +401,8 @@ class Worker:
                 # The handler's writes and the success mark commit together or not at all.
                 with transaction.atomic(using=self.alias):
                     result = _jsonable(job_type.func(job.payload, ctx), ctx)
-                    if not leases.succeed(self.alias, [(job, result, timezone.now())]):
+                    duration = time.monotonic() - started
+                    if not leases.succeed(self.alias, [(job, result, timezone.now(), duration)], self.id):
                         raise LeaseLost(f"job {job.id} is no longer held by this worker")
                 return Attempt(job, "recorded", time.monotonic() - started)
             result = _jsonable(job_type.func(job.payload, ctx), ctx)
