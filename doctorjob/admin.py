@@ -19,11 +19,15 @@ from django.utils.text import Truncator
 
 from . import outbox
 from .exceptions import DoctorJobError, InvalidPayload
-from .models import DeadLetter, Job, Status
+from .models import DeadLetter, Job
+
+
+def _pre(text: str) -> str:
+    return format_html("<pre>{}</pre>", text) if text else "-"
 
 
 def _pretty_json(value: Any) -> str:
-    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+    return _pre(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
 
 
 def _plural(count: int, noun: str) -> str:
@@ -63,7 +67,7 @@ class JobAdmin(ReadOnlyAdmin):
         ("Timing", {"fields": ("run_at", "created_at", "started_at", "finished_at")}),
         ("Attempts", {"fields": ("attempts", "max_attempts", "worker", "lease_id", "lease_expires_at")}),
         ("Payload and result", {"fields": ("payload_display", "result_display")}),
-        ("Last error", {"fields": ("error", "traceback_display")}),
+        ("Last error", {"fields": ("error_display", "traceback_display")}),
     )
 
     @admin.display(description="attempts", ordering="attempts")
@@ -78,9 +82,13 @@ class JobAdmin(ReadOnlyAdmin):
     def result_display(self, job: Job) -> str:
         return "-" if job.result is None else _pretty_json(job.result)
 
+    @admin.display(description="error")
+    def error_display(self, job: Job) -> str:
+        return _pre(job.error)
+
     @admin.display(description="traceback")
     def traceback_display(self, job: Job) -> str:
-        return format_html("<pre>{}</pre>", job.traceback) if job.traceback else "-"
+        return _pre(job.traceback)
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
         """Search keys, and ids when the term is a number."""
@@ -96,7 +104,7 @@ class JobAdmin(ReadOnlyAdmin):
         selected = list(queryset.only("pk"))
         retried = outbox.retry(selected)
         self._report(request, f"Queued {_plural(retried, 'job')} to run now", retried,
-                     skipped=len(selected) - retried, because="not dead or cancelled")
+                     skipped=len(selected) - retried, because="not dead or cancelled, or whose dead letter was already requeued")
 
     @admin.action(permissions=["change"], description="Cancel selected queued jobs")
     def cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
@@ -108,7 +116,7 @@ class JobAdmin(ReadOnlyAdmin):
 
     def _report(self, request: HttpRequest, message: str, changed: int, *, skipped: int, because: str) -> None:
         if skipped:
-            message += f"; skipped {_plural(skipped, 'job')} whose status was {because}"
+            message += f"; skipped {_plural(skipped, 'job')} that were {because}"
         self.message_user(request, message + ".", messages.SUCCESS if changed else messages.WARNING)
 
 
@@ -131,7 +139,7 @@ class RequeueForm(forms.Form):
     payload = forms.CharField(
         strip=False,
         widget=forms.Textarea(attrs={"rows": 12, "class": "vLargeTextField"}),
-        help_text="JSON, checked against the job's schema like enqueue() before the job is written.",
+        help_text="JSON. Correct it if needed: it is checked like enqueue() checks it before the job is written.",
     )
 
     def __init__(self, *args: Any, dead_letter: DeadLetter, **kwargs: Any) -> None:
@@ -161,7 +169,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         (None, {"fields": ("name", "queue", "priority", ("attempts", "max_attempts"), "key", "job", "created_at")}),
         ("Error", {"fields": ("error_display", "traceback_display")}),
         ("Payload", {"fields": ("payload_display",)}),
-        ("Requeue", {"fields": ("requeued_at", "requeued_job")}),
+        ("Requeued", {"fields": ("requeued_at", "requeued_job")}),
     )
 
     @admin.display(description="error")
@@ -171,11 +179,11 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     @admin.display(description="error")
     def error_display(self, letter: DeadLetter) -> str:
-        return format_html("<pre>{}</pre>", letter.error) if letter.error else "-"
+        return _pre(letter.error)
 
     @admin.display(description="traceback")
     def traceback_display(self, letter: DeadLetter) -> str:
-        return format_html("<pre>{}</pre>", letter.traceback) if letter.traceback else "-"
+        return _pre(letter.traceback)
 
     @admin.display(description="payload")
     def payload_display(self, letter: DeadLetter) -> str:
@@ -204,7 +212,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     @admin.action(permissions=["requeue"], description="Requeue selected dead letters")
     def requeue(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         """Requeue each selected dead letter with its payload as a fresh job, one transaction each."""
-        letters = list(queryset)
+        letters = list(queryset.only("pk", "name", "requeued_at"))  # requeue() reads the rest under a lock
         requeued = 0
         for letter in letters:
             if letter.requeued_at is not None:

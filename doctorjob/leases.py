@@ -87,10 +87,15 @@ def claim(
     if connection.vendor == "postgresql":
         params: list[Any] = [lease_id, worker, expires, now, now]
         filters = []
-        for column, values, op in (("queue", queues, "="), ("name", paused_names, "<>"),
-                                   ("queue", paused_queues, "<>")):
+        if queues and len(queues) == 1:  # equality lets the (queue, priority, run_at) index order the scan
+            filters.append("AND queue = %s")
+            params.append(queues[0])
+        elif queues:
+            filters.append("AND queue = ANY(%s)")
+            params.append(list(queues))
+        for column, values in (("name", paused_names), ("queue", paused_queues)):
             if values:
-                filters.append(f"AND {column} {op} {'ANY' if op == '=' else 'ALL'}(%s)")
+                filters.append(f"AND {column} <> ALL(%s)")
                 params.append(list(values))
         params.append(limit)
         with connection.cursor() as cursor:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, connections, router, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from .conf import settings
@@ -252,19 +253,26 @@ def requeue(dead_letter, payload: Any = None, *, using: str | None = None) -> Jo
                         priority=letter.priority, queue=letter.queue, max_attempts=letter.max_attempts)
         job = _write([row], alias)[0]
         letter.requeued_at, letter.requeued_job = timezone.now(), job
-        if payload is not None:
-            letter.payload = payload
-        letter.save(update_fields=["requeued_at", "requeued_job", "payload"])
+        letter.save(update_fields=["requeued_at", "requeued_job"])
     return job
 
 
 def retry(jobs, *, using: str | None = None) -> int:
-    """Queue dead or cancelled jobs to run now; returns how many were queued."""
-    qs = Job.objects.using(using or router.db_for_write(Job)).filter(
-        pk__in=[j.pk for j in jobs], status__in=[Status.DEAD, Status.CANCELLED]
-    )
-    return qs.update(status=Status.QUEUED, run_at=timezone.now(), attempts=0, lease_id=None,
-                     lease_expires_at=None, worker="", finished_at=None)
+    """Queue dead or cancelled jobs to run now and mark their dead letters requeued as them, so
+    the same work cannot be requeued twice; returns how many were queued."""
+    from .models import DeadLetter
+
+    alias, now = using or router.db_for_write(Job), timezone.now()
+    with transaction.atomic(using=alias):
+        already = DeadLetter.objects.using(alias).filter(requeued_at__isnull=False, job__isnull=False)
+        pks = list(Job.objects.using(alias).select_for_update().filter(
+            pk__in=[j.pk for j in jobs], status__in=[Status.DEAD, Status.CANCELLED],
+        ).exclude(pk__in=already.values("job_id")).values_list("pk", flat=True))
+        DeadLetter.objects.using(alias).filter(job_id__in=pks, requeued_at__isnull=True).update(
+            requeued_at=now, requeued_job_id=F("job_id"))
+        return Job.objects.using(alias).filter(pk__in=pks).update(
+            status=Status.QUEUED, run_at=now, attempts=0, lease_id=None,
+            lease_expires_at=None, worker="", finished_at=None)
 
 
 def cancel(jobs, *, using: str | None = None) -> int:
