@@ -19,7 +19,7 @@ from django.utils.text import Truncator
 
 from . import outbox
 from .exceptions import DoctorJobError, InvalidPayload
-from .models import DeadLetter, Job
+from .models import DeadLetter, Job, JobDefinition, JobExecution, JobVersion, QueueState, Worker
 
 
 def _pre(text: str) -> str:
@@ -53,6 +53,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return flatten_fieldsets(self.get_fieldsets(request, obj))
 
 
+class JobExecutionInline(admin.TabularInline):
+    """Every attempt of the job: who ran it, when, how long, how it ended."""
+
+    model = JobExecution
+    fields = readonly_fields = ("attempt", "outcome", "worker", "started_at", "finished_at", "duration", "error")
+    ordering = ("attempt", "id")
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Job)
 class JobAdmin(ReadOnlyAdmin):
     list_display = ("id", "name", "queue", "status", "attempts_display", "priority", "run_at", "finished_at")
@@ -62,6 +75,7 @@ class JobAdmin(ReadOnlyAdmin):
     # The job table can be large: skip the second COUNT(*) over all rows on filtered pages.
     show_full_result_count = False
     actions = ("retry", "cancel")
+    inlines = (JobExecutionInline,)
     fieldsets = (
         (None, {"fields": ("name", "version", "queue", "status", "priority", "key", "concurrency_key")}),
         ("Timing", {"fields": ("run_at", "created_at", "started_at", "finished_at")}),
@@ -284,3 +298,87 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     def _already_requeued(letter: DeadLetter) -> str:
         return (f"Dead letter #{letter.pk} was already requeued (as job #{letter.requeued_job_id}); "
                 "it cannot be requeued again.")
+
+
+class JobVersionInline(admin.TabularInline):
+    model = JobVersion
+    fields = readonly_fields = ("number", "first_seen", "schedule", "options", "payload")
+    ordering = ("-number",)
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(JobDefinition)
+class JobDefinitionAdmin(ReadOnlyAdmin):
+    """Jobs the code declares (kept in sync by workers and ``sync_jobs``): run now, pause, resume."""
+
+    list_display = ("name", "queue", "version", "min_version", "schedule", "paused", "retired", "updated_at")
+    list_filter = ("paused", "retired", "queue")
+    search_fields = ("name",)
+    ordering = ("name",)
+    actions = ("run_now", "pause", "resume")
+    inlines = (JobVersionInline,)
+    fieldsets = ((None, {"fields": ("name", "queue", "version", "min_version", "schedule", "scheduled_since",
+                                    "paused", "retired", "options", "payload", "created_at", "updated_at")}),)
+
+    def has_run_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.run_jobdefinition") and self.has_view_permission(request)
+
+    @admin.action(permissions=["run"], description="Run selected jobs now")
+    def run_now(self, request: HttpRequest, queryset: QuerySet[JobDefinition]) -> None:
+        from .definitions import run_now
+
+        done, failed = [], []
+        for definition in queryset.filter(retired=False):
+            try:
+                done.append(run_now(definition.name))
+            except DoctorJobError as exc:
+                failed.append(f"{definition.name}: {exc}")
+        if done:
+            self.message_user(request, f"Enqueued {_plural(len(done), 'job')}: "
+                              + ", ".join(f"#{j.pk} {j.name}" for j in done) + ".", messages.SUCCESS)
+        for problem in failed:
+            self.message_user(request, problem, messages.ERROR)
+
+    @admin.action(permissions=["change"], description="Pause selected jobs")
+    def pause(self, request: HttpRequest, queryset: QuerySet[JobDefinition]) -> None:
+        count = queryset.update(paused=True)
+        self.message_user(request, f"Paused {_plural(count, 'job')}: workers will not claim them.")
+
+    @admin.action(permissions=["change"], description="Resume selected jobs")
+    def resume(self, request: HttpRequest, queryset: QuerySet[JobDefinition]) -> None:
+        count = queryset.update(paused=False)
+        self.message_user(request, f"Resumed {_plural(count, 'job')}.")
+
+
+@admin.register(QueueState)
+class QueueStateAdmin(ReadOnlyAdmin):
+    """Queues known to the code; pausing one stops every worker claiming from it."""
+
+    list_display = ("name", "paused", "updated_at")
+    list_filter = ("paused",)
+    ordering = ("name",)
+    actions = ("pause", "resume")
+    fields = ("name", "paused", "updated_at")
+
+    @admin.action(permissions=["change"], description="Pause selected queues")
+    def pause(self, request: HttpRequest, queryset: QuerySet[QueueState]) -> None:
+        count = queryset.update(paused=True)
+        self.message_user(request, f"Paused {_plural(count, 'queue')}: workers will not claim from them.")
+
+    @admin.action(permissions=["change"], description="Resume selected queues")
+    def resume(self, request: HttpRequest, queryset: QuerySet[QueueState]) -> None:
+        count = queryset.update(paused=False)
+        self.message_user(request, f"Resumed {_plural(count, 'queue')}.")
+
+
+@admin.register(Worker)
+class WorkerAdmin(ReadOnlyAdmin):
+    list_display = ("name", "host", "pid", "queues", "concurrency", "started_at", "last_heartbeat", "lost")
+    list_filter = ("lost", "host")
+    ordering = ("-started_at",)
+    fields = list_display + ("lease",)

@@ -11,7 +11,7 @@ from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
 from .conf import settings
-from .models import JobDefinition, JobVersion
+from .models import JobDefinition, JobVersion, QueueState
 from .registry import JobType, registry
 
 OVERRIDE_KEYS = {"schedule", "payload", "version", "paused", "timezone"}
@@ -84,6 +84,8 @@ def _sync(alias: str) -> list[str]:
                 defaults={"options": want["options"], "schedule": want["schedule"],
                           "payload": want["payload"], "first_seen": now},
             )
+        for queue in sorted({t.queue for t in registry.values()}):  # listed in the admin, to pause
+            QueueState.objects.using(alias).get_or_create(name=queue)
         for name, row in sorted(rows.items()):
             if name not in registry and not row.retired:
                 row.retired, row.updated_at = True, now
