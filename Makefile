@@ -1,0 +1,25 @@
+PYTHON ?= python3
+VENV ?= .venv
+STAMP := $(VENV)/.doctorjob-installed
+
+.PHONY: venv demo test clean
+
+venv: $(STAMP)
+
+# Reinstall only when the packaging metadata changes.
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: venv
+	$(VENV)/bin/python manage.py migrate --noinput
+	$(VENV)/bin/python manage.py demo
+
+test: venv
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info db.sqlite3
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -1,0 +1,55 @@
+import time
+import uuid
+
+from django.core.management import BaseCommand, CommandError, call_command
+from django.db.models import Min, Q
+from django.utils import timezone
+
+from doctorjob import enqueue
+from doctorjob.models import DeadLetter, Job
+
+from example_project.accounts import services
+
+
+class Command(BaseCommand):
+    help = "Sign up sample clients, run their jobs and one that always fails, and report the outcome."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--clients", type=int, default=3, help="How many clients to sign up.")
+        parser.add_argument("--timeout", type=float, default=30, help="Seconds to wait for the jobs.")
+
+    def handle(self, *, clients, timeout, **options):
+        run = uuid.uuid4().hex[:8]
+        signed_up = [services.sign_up(f"client-{run}-{i}@example.com") for i in range(1, clients + 1)]
+        splines = enqueue("accounts.reticulate_splines", {"run": run})
+        client_ids = [client.pk for client in signed_up]
+        jobs = Job.objects.filter(
+            Q(pk=splines.pk) | Q(name="accounts.send_login_link", payload__client_id__in=client_ids)
+        )
+        self.stdout.write(f"Signed up {len(signed_up)} clients and enqueued {jobs.count()} jobs (run {run}).")
+
+        # Retries are scheduled a moment later, so keep draining until nothing is left to do.
+        deadline = time.monotonic() + timeout
+        while jobs.filter(status__in=["queued", "running"]).exists():
+            if time.monotonic() > deadline:
+                raise CommandError(f"Jobs were still pending after {timeout:g} seconds.")
+            call_command("run_jobs", burst=True)
+            next_run = jobs.filter(status="queued").aggregate(at=Min("run_at"))["at"]
+            wait = (next_run - timezone.now()).total_seconds() if next_run else 0
+            time.sleep(min(max(wait, 0.05), 1))
+
+        dead_letters = DeadLetter.objects.filter(
+            Q(name="accounts.reticulate_splines", payload__run=run)
+            | Q(name="accounts.send_login_link", payload__client_id__in=client_ids)
+        )
+        self.stdout.write(
+            "\n"
+            f"Succeeded:      {jobs.filter(status='succeeded').count()}\n"
+            f"Retried:        {jobs.filter(attempts__gt=1).count()}\n"
+            f"Dead-lettered:  {dead_letters.count()}\n"
+            "\n"
+            "Look around in the admin:\n"
+            "  .venv/bin/python manage.py createsuperuser\n"
+            "  .venv/bin/python manage.py runserver\n"
+            "  then open http://127.0.0.1:8000/admin/doctorjob/\n"
+        )
