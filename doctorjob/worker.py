@@ -369,8 +369,9 @@ class Worker:
                 return
             if self._stopping.is_set() and self.shutdown_timeout == 0:
                 continue
+            _check_connections_before_use()
             outcome = self._execute(job)
-            close_old_connections()
+            close_old_connections()  # as at the end of a request: drop stale or broken connections
             self._done.put(outcome)
             # Wake the main thread only when it has work: claiming more (the queue of waiting
             # jobs runs low) or saving outcomes in bulk; otherwise it saves them on its timer.
@@ -454,6 +455,16 @@ class Worker:
                 logger.warning("LISTEN connection lost, polling until it is back: %s", exc)
                 self._stopping.wait(pause)
                 pause = min(pause * 2, 10.0)
+
+
+def _check_connections_before_use() -> None:
+    """As at the start of a request, but with health checks always on: a handler thread's
+    persistent connection may have died while idle (database restart, pg_terminate_backend),
+    and the job should not pay an attempt for it. The check is one ``SELECT 1`` on first use,
+    only for connections this thread already holds."""
+    for conn in connections.all(initialized_only=True):
+        conn.close_if_unusable_or_obsolete()
+        conn.health_check_enabled = True
 
 
 def _describe(exc: BaseException) -> str:
