@@ -62,7 +62,7 @@ WHERE j.id IN (
     FOR UPDATE SKIP LOCKED
 )
 RETURNING j.id, j.name, j.queue, j.payload, j.attempts, j.max_attempts, j.priority, j.key, j.created_at,
-          j.version, j.started_at
+          j.version, j.started_at, j.run_at
 """
 
 
@@ -101,7 +101,7 @@ def claim(
         with connection.cursor() as cursor:
             cursor.execute(_CLAIM.format(filters=" ".join(filters)), params)
             rows = cursor.fetchall()
-        rows.sort(key=lambda r: r[0])
+        rows.sort(key=lambda r: (-r[6], r[11], r[0]))  # the claim order: handlers run them in it
         return [_claimed(row, lease_id) for row in rows]
 
     runnable = _runnable(alias, now, queues, paused_names, paused_queues).filter(concurrency_key__isnull=True)
@@ -117,7 +117,8 @@ def claim(
         Job.objects.using(alias).filter(
             id__in=runnable.values("id")[:limit], status=Status.QUEUED
         ).update(**changes)
-    rows = Job.objects.using(alias).filter(lease_id=lease_id).order_by("id").values_list(*_COLUMNS)
+    rows = (Job.objects.using(alias).filter(lease_id=lease_id).order_by("-priority", "run_at", "id")
+            .values_list(*_COLUMNS))
     return [_claimed(row, lease_id) for row in rows]
 
 
@@ -229,7 +230,7 @@ WITH v AS (
 ), done AS (
     UPDATE doctorjob_job AS j
     SET status = 'succeeded', finished_at = v.finished_at, result = v.result::jsonb,
-        lease_expires_at = NULL, error = ''
+        lease_expires_at = NULL, error = '', traceback = ''
     FROM v
     WHERE j.id = v.id AND j.lease_id = v.lease_id AND j.status = 'running'
     RETURNING j.id
@@ -237,16 +238,17 @@ WITH v AS (
 INSERT INTO doctorjob_jobexecution (job_id, attempt, worker, started_at, finished_at, duration, outcome, error)
 SELECT v.id, v.attempt, %s, v.started_at, v.finished_at, make_interval(secs => v.duration), 'succeeded', ''
 FROM v JOIN done ON done.id = v.id
+RETURNING job_id
 """
 
 
-def succeed(alias: str, done: Sequence[tuple[Claimed, Any, datetime, float]], worker: str) -> int:
+def succeed(alias: str, done: Sequence[tuple[Claimed, Any, datetime, float]], worker: str) -> list[int]:
     """Mark jobs succeeded (each only if its lease is still ours) and record their executions.
 
-    ``done`` holds (job, result, finished_at, duration in seconds). Returns how many were ours.
+    ``done`` holds (job, result, finished_at, duration in seconds). Returns the ids that were ours.
     """
     if not done:
-        return 0
+        return []
     connection = connections[alias]
     if connection.vendor == "postgresql":
         params = [[j.id for j, *_ in done], [j.lease_id for j, *_ in done], [d[2] for d in done],
@@ -254,17 +256,17 @@ def succeed(alias: str, done: Sequence[tuple[Claimed, Any, datetime, float]], wo
                   [j.started_at for j, *_ in done], [d[3] for d in done], worker]
         with connection.cursor() as cursor:
             cursor.execute(_SUCCEED, params)
-            return cursor.rowcount
-    count = 0
+            return [row[0] for row in cursor.fetchall()]
+    ours = []
     with transaction.atomic(using=alias):
         for job, result, at, duration in done:
             if _owned(alias, job).update(status=Status.SUCCEEDED, finished_at=at, result=result,
-                                         lease_expires_at=None, error=""):
-                count += 1
+                                         lease_expires_at=None, error="", traceback=""):
+                ours.append(job.id)
                 JobExecution.objects.using(alias).create(
                     job_id=job.id, attempt=job.attempts, worker=worker, started_at=job.started_at,
                     finished_at=at, duration=timedelta(seconds=duration), outcome=Outcome.SUCCEEDED)
-    return count
+    return ours
 
 
 def retry_later(alias: str, job: Claimed, *, error: str, tb: str, run_at: datetime) -> bool:
@@ -275,11 +277,15 @@ def retry_later(alias: str, job: Claimed, *, error: str, tb: str, run_at: dateti
     ))
 
 
-def dead_letter(alias: str, job: Claimed, *, error: str, tb: str) -> bool:
-    """Mark the job dead and write its dead letter in the same transaction."""
+def dead_letter(alias: str, job: Claimed, *, error: str, tb: str, expired_before: datetime | None = None) -> bool:
+    """Mark the job dead and write its dead letter in the same transaction; with
+    ``expired_before``, only if its lease still ran out before that time (the sweep)."""
     with transaction.atomic(using=alias):
         now = timezone.now()
-        if not _owned(alias, job).update(status=Status.DEAD, error=error, traceback=tb,
+        owned = _owned(alias, job)
+        if expired_before is not None:
+            owned = owned.filter(lease_expires_at__lt=expired_before)
+        if not owned.update(status=Status.DEAD, error=error, traceback=tb,
                                          lease_expires_at=None, finished_at=now):
             return False
         DeadLetter.objects.using(alias).create(
@@ -316,7 +322,7 @@ def sweep_expired(alias: str, limit: int = 500) -> tuple[list[Claimed], list[Cla
     for row in rows:
         job = _claimed(row[:-2], row[-1])
         if job.attempts >= job.max_attempts:
-            if dead_letter(alias, job, error=WORKER_LOST, tb=""):
+            if dead_letter(alias, job, error=WORKER_LOST, tb="", expired_before=now):
                 dead.append(job)
         elif _owned(alias, job).filter(lease_expires_at__lt=now).update(
             status=Status.QUEUED, error=WORKER_LOST, lease_id=None, lease_expires_at=None, worker="",

@@ -1,6 +1,7 @@
 """Backoff policy for retries: pure functions, no database."""
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -28,7 +29,10 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retrying after failed attempt number ``attempt`` (1-based)."""
-        raw = self.base * self.factor ** max(attempt - 1, 0)
+        try:
+            raw = self.base * float(self.factor) ** max(attempt - 1, 0)
+        except OverflowError:  # a very late attempt: the cap applies anyway
+            raw = math.inf if self.base else 0.0
         return min(self.cap, raw * (1 + random.random() * self.jitter))
 
 

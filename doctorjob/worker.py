@@ -246,7 +246,11 @@ class Worker:
         pending, self._unrecorded = self._unrecorded, []
         try:
             successes = [o for o in pending if o.kind == "succeeded"]
-            leases.succeed(self.alias, [(o.job, o.result, o.finished_at, o.duration) for o in successes], self.id)
+            ours = set(leases.succeed(self.alias, [(o.job, o.result, o.finished_at, o.duration)
+                                                   for o in successes], self.id))
+            for o in successes:
+                if o.job.id not in ours:
+                    o.kind = "lost"  # another worker took it over: our success changed nothing
             leases.record_executions(self.alias, [self._execution(o) for o in pending
                                                   if o.kind in ("failed", "dead", "skipped")])
             for outcome in pending:

@@ -1,1 +1,89 @@
 """Extra handlers for tests/integration and tests/unit (owned by those tests)."""
+from doctorjob import job
+
+from .models import Effect
+
+
+@job("integration.defaults", queue="emails", priority=7, max_attempts=4)
+def with_defaults(payload, ctx):
+    """Its @job options are the defaults enqueue() must apply."""
+
+
+@job("integration.fail_later", max_attempts=3, backoff={"base": 60, "factor": 2, "jitter": 0})
+def fail_later(payload, ctx):
+    """Fails; the next attempt is a minute away, so a burst worker leaves it queued."""
+    raise RuntimeError(payload.get("message", "boom"))
+
+
+@job("integration.fail_default_backoff")
+def fail_default_backoff(payload, ctx):
+    """Fails, with the global backoff."""
+    raise ValueError("nope")
+
+
+@job("integration.always_fail", max_attempts=3, backoff={"base": 0, "jitter": 0})
+def always_fail(payload, ctx):
+    """Fails every attempt and is retried at once, so one burst uses up its attempts."""
+    raise RuntimeError(f"attempt {ctx.attempt} failed")
+
+
+@job("integration.context", max_attempts=2)
+def context(payload, ctx):
+    """Return what the handler was told about its attempt."""
+    ctx.logger.info("hello from the handler")
+    return {
+        "job_id": ctx.job_id, "name": ctx.name, "queue": ctx.queue, "attempt": ctx.attempt,
+        "max_attempts": ctx.max_attempts, "key": ctx.key, "logger": ctx.logger.logger.name,
+    }
+
+
+@job("integration.unserialisable_result")
+def unserialisable_result(payload, ctx):
+    return {"ids": {1, 2}}
+
+
+@job("integration.atomic_then_fail", atomic=True, max_attempts=1)
+def atomic_then_fail(payload, ctx):
+    """Write, then fail: with atomic=True the write must roll back."""
+    Effect.objects.create(job_id=ctx.job_id)
+    raise RuntimeError("failed after writing")
+
+
+def _take_over(job_id: int) -> None:
+    """From another connection, do what a second worker does once this job's lease has run out:
+    sweep it back to the queue and claim it."""
+    import threading
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from doctorjob import leases
+    from doctorjob.models import Job
+
+    def rescue() -> None:
+        try:
+            Job.objects.filter(pk=job_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+            leases.sweep_expired("default")
+            leases.claim("default", worker="rescuer", limit=1, lease=300)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=rescue)
+    thread.start()
+    thread.join()
+
+
+@job("integration.taken_over")
+def taken_over(payload, ctx):
+    """Lose the lease while running: the late success must change nothing."""
+    _take_over(ctx.job_id)
+    return "late"
+
+
+@job("integration.atomic_taken_over", atomic=True)
+def atomic_taken_over(payload, ctx):
+    """Lose the lease, then write: with atomic=True the write must roll back."""
+    _take_over(ctx.job_id)
+    Effect.objects.create(job_id=ctx.job_id)
+    return "late"

@@ -78,9 +78,12 @@ class Command(BaseCommand):
             # A second signal means "now": don't wait for running jobs.
             worker.stop(now=worker._stopping.is_set())
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        worker.run()
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            worker.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     @staticmethod
     def _configure_logging(verbosity: int) -> None:
