@@ -70,13 +70,19 @@ class Worker:
         using: str | None = None,
     ) -> None:
         self.queues = list(queues) if queues else None
-        self.concurrency = concurrency or settings.CONCURRENCY
-        self.batch_size = batch_size or settings.BATCH_SIZE
+        self.concurrency = settings.CONCURRENCY if concurrency is None else concurrency
+        self.batch_size = settings.BATCH_SIZE if batch_size is None else batch_size
         self.poll_interval = settings.POLL_INTERVAL if poll_interval is None else poll_interval
-        self.lease = lease or settings.LEASE
+        self.lease = settings.LEASE if lease is None else lease
         self.shutdown_timeout = settings.SHUTDOWN_TIMEOUT if shutdown_timeout is None else shutdown_timeout
         self.burst = burst
         self.max_jobs = max_jobs
+        for option, value, minimum in (("concurrency", self.concurrency, 1), ("batch_size", self.batch_size, 1),
+                                       ("poll_interval", self.poll_interval, 0.001), ("lease", self.lease, 3),
+                                       ("shutdown_timeout", self.shutdown_timeout, 0),
+                                       ("max_jobs", max_jobs if max_jobs is not None else 1, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
+                raise ValueError(f"{option} must be a number >= {minimum:g}, got {value!r}")
         self.alias = using or router.db_for_write(Job)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.listening = False

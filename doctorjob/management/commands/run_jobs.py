@@ -63,12 +63,15 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         self._configure_logging(options["verbosity"])
-        worker = Worker(
-            queues=options["queues"], concurrency=options["concurrency"], batch_size=options["batch_size"],
-            poll_interval=options["poll_interval"], lease=options["lease"],
-            shutdown_timeout=options["shutdown_timeout"], burst=options["burst"],
-            max_jobs=options["max_jobs"], using=options["database"],
-        )
+        try:
+            worker = Worker(
+                queues=options["queues"], concurrency=options["concurrency"], batch_size=options["batch_size"],
+                poll_interval=options["poll_interval"], lease=options["lease"],
+                shutdown_timeout=options["shutdown_timeout"], burst=options["burst"],
+                max_jobs=options["max_jobs"], using=options["database"],
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         from django.db import connections
 
         if worker.alias not in connections:
