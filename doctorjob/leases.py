@@ -8,6 +8,7 @@ another therefore changes nothing: the newer state always wins.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,25 @@ from django.utils import timezone
 from .models import DeadLetter, Job, JobExecution, Outcome, Status, Worker
 
 WORKER_LOST = "worker lost: its lease expired before the job finished"
+
+
+def execute(alias: str, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]] | int:
+    """Run one of the hot PostgreSQL statements with server-side binding: arrays travel as
+    binary parameters instead of being quoted into the SQL text by Django's client-side cursor.
+    Returns the rows, or the row count for a statement that returns none. Errors surface as
+    Django's database exceptions, inside or outside ``atomic()``."""
+    import psycopg
+
+    connection = connections[alias]
+    connection.ensure_connection()
+    started = time.monotonic()
+    try:
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else cursor.rowcount
+    finally:
+        if connection.queries_logged:  # DEBUG, debug toolbars, CaptureQueriesContext see it too
+            connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
 
 
 @dataclass(frozen=True)
@@ -98,9 +118,7 @@ def claim(
                 filters.append(f"AND {column} <> ALL(%s)")
                 params.append(list(values))
         params.append(limit)
-        with connection.cursor() as cursor:
-            cursor.execute(_CLAIM.format(filters=" ".join(filters)), params)
-            rows = cursor.fetchall()
+        rows = execute(alias, _CLAIM.format(filters=" ".join(filters)), params)
         rows.sort(key=lambda r: (-r[6], r[11], r[0]))  # the claim order: handlers run them in it
         return [_claimed(row, lease_id) for row in rows]
 
@@ -117,7 +135,8 @@ def claim(
         Job.objects.using(alias).filter(
             id__in=runnable.values("id")[:limit], status=Status.QUEUED
         ).update(**changes)
-    rows = (Job.objects.using(alias).filter(lease_id=lease_id).order_by("-priority", "run_at", "id")
+    rows = (Job.objects.using(alias).filter(lease_id=lease_id, status=Status.RUNNING)
+            .order_by("-priority", "run_at", "id")
             .values_list(*_COLUMNS))
     return [_claimed(row, lease_id) for row in rows]
 
@@ -210,14 +229,14 @@ def _owned(alias: str, job: Claimed):
     return Job.objects.using(alias).filter(id=job.id, lease_id=job.lease_id, status=Status.RUNNING)
 
 
-def renew(alias: str, lease_ids: Iterable[uuid.UUID], lease: float) -> int:
-    """Push the deadline of every job still held under ``lease_ids``; returns how many."""
-    lease_ids = list(lease_ids)
-    if not lease_ids:
+def renew(alias: str, jobs: Iterable[Claimed], lease: float) -> int:
+    """Push the lease deadline of every job in ``jobs`` that we still hold; returns how many."""
+    jobs = list(jobs)
+    if not jobs:
         return 0
-    return Job.objects.using(alias).filter(lease_id__in=lease_ids, status=Status.RUNNING).update(
-        lease_expires_at=timezone.now() + timedelta(seconds=lease)
-    )
+    return Job.objects.using(alias).filter(
+        id__in=[j.id for j in jobs], lease_id__in={j.lease_id for j in jobs}, status=Status.RUNNING,
+    ).update(lease_expires_at=timezone.now() + timedelta(seconds=lease))
 
 
 # Succeed many jobs in one statement, each only if our lease still holds it, and write the
@@ -254,9 +273,7 @@ def succeed(alias: str, done: Sequence[tuple[Claimed, Any, datetime, float]], wo
         params = [[j.id for j, *_ in done], [j.lease_id for j, *_ in done], [d[2] for d in done],
                   [None if d[1] is None else json.dumps(d[1]) for d in done], [j.attempts for j, *_ in done],
                   [j.started_at for j, *_ in done], [d[3] for d in done], worker]
-        with connection.cursor() as cursor:
-            cursor.execute(_SUCCEED, params)
-            return [row[0] for row in cursor.fetchall()]
+        return [row[0] for row in execute(alias, _SUCCEED, params)]
     ours = []
     with transaction.atomic(using=alias):
         for job, result, at, duration in done:

@@ -48,15 +48,19 @@ class Job(models.Model):
     )
 
     class Meta:
+        # Every status change is a non-HOT update that adds the new row version to each index
+        # whose predicate it matches, so indexes are partial wherever a query allows: a running
+        # row enters 3 indexes (pk, key, lease), a succeeded one 3 (pk, key, retention).
         constraints = [
             # Singleton and per-key jobs: the running row itself is the lock, so a crashed
             # worker leaves nothing behind once the lease sweep requeues its job.
             models.UniqueConstraint(
-                "concurrency_key", name="doctorjob_job_one_running_per_key", condition=Q(status="running"),
+                "concurrency_key", name="doctorjob_job_one_running_per_key",
+                condition=Q(status="running", concurrency_key__isnull=False),
             ),
         ]
         indexes = [
-            # The claim query: runnable jobs in (priority desc, run_at, id) order.
+            # The claim query: runnable jobs in (priority desc, run_at, id) order, per queue or not.
             models.Index(
                 "queue", models.F("priority").desc(), "run_at", "id",
                 name="doctorjob_job_claim", condition=Q(status="queued"),
@@ -67,9 +71,8 @@ class Job(models.Model):
             ),
             # The lease sweep: running jobs by deadline.
             models.Index("lease_expires_at", name="doctorjob_job_lease", condition=Q(status="running")),
-            models.Index("lease_id", name="doctorjob_job_lease_id"),
-            models.Index("status", "finished_at", name="doctorjob_job_status"),
-            models.Index("name", name="doctorjob_job_name"),
+            # Retention: succeeded jobs by age.
+            models.Index("finished_at", name="doctorjob_job_succeeded", condition=Q(status="succeeded")),
         ]
 
     def __str__(self) -> str:

@@ -14,6 +14,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from .conf import settings
+from .leases import execute
 from .exceptions import InvalidEnqueue, InvalidPayload, TransactionRequired
 from .models import Job, Status
 from .registry import get_job_type
@@ -206,9 +207,7 @@ def _write_postgresql(rows: list[Job], alias: str) -> list[Job]:
     ]
     if notify:
         params.append(timezone.now())
-    with connections[alias].cursor() as cursor:
-        cursor.execute(_INSERT.format(notify=_NOTIFY if notify else ""), params)
-        returned = cursor.fetchall()
+    returned = execute(alias, _INSERT.format(notify=_NOTIFY if notify else ""), params)
     by_key = {key: pk for pk, key, *_ in returned if key is not None}
     keyless = iter(pk for pk, key, *_ in returned if key is None)
     for row in rows:

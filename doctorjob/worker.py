@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connections, router, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, router, transaction
 from django.utils import timezone
 
 from . import definitions, leases, schedule
@@ -299,7 +299,7 @@ class Worker:
         prune succeeded jobs every minute."""
         now = time.monotonic()
         if now >= self._due["renew"]:
-            leases.renew(self.alias, {job.lease_id for job in self._in_flight.values()}, self.lease)
+            leases.renew(self.alias, self._in_flight.values(), self.lease)
             WorkerRow.objects.using(self.alias).filter(name=self.id).update(
                 last_heartbeat=timezone.now(), lost=False)
             self._due["renew"] = now + self.lease / 3
@@ -375,13 +375,12 @@ class Worker:
         while True:
             job = self._todo.get()
             if job is None:
-                close_old_connections()
+                connections.close_all()  # this thread's connections
                 return
             if self._stopping.is_set() and self.shutdown_timeout == 0:
                 continue
-            _check_connections_before_use()
             outcome = self._execute(job)
-            close_old_connections()  # as at the end of a request: drop stale or broken connections
+            _tidy_connections()
             self._done.put(outcome)
             # Wake the main thread only when it has work: claiming more (the queue of waiting
             # jobs runs low) or saving outcomes in bulk; otherwise it saves them on its timer.
@@ -467,11 +466,11 @@ class Worker:
                 pause = min(pause * 2, 10.0)
 
 
-def _check_connections_before_use() -> None:
-    """As at the start of a request, but with health checks always on: a handler thread's
-    persistent connection may have died while idle (database restart, pg_terminate_backend),
-    and the job should not pay an attempt for it. The check is one ``SELECT 1`` on first use,
-    only for connections this thread already holds."""
+def _tidy_connections() -> None:
+    """Between jobs, as between requests: close connections that are broken or past
+    CONN_MAX_AGE, and health-check the survivors on their next use, whatever
+    CONN_HEALTH_CHECKS says: a persistent connection may die while idle (database restart,
+    pg_terminate_backend) and the next job should not pay an attempt for it."""
     for conn in connections.all(initialized_only=True):
         conn.close_if_unusable_or_obsolete()
         conn.health_check_enabled = True

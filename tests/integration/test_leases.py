@@ -147,7 +147,7 @@ def test_renew_extends_only_the_given_leases():
     (theirs,) = claim("worker-b", limit=1, lease=5)
     theirs_deadline = Job.objects.get(pk=theirs.id).lease_expires_at
     before = timezone.now()
-    assert leases.renew(DB, [mine.lease_id], 300) == 1
+    assert leases.renew(DB, [mine], 300) == 1
     assert Job.objects.get(pk=mine.id).lease_expires_at >= before + timedelta(seconds=300)
     assert Job.objects.get(pk=theirs.id).lease_expires_at == theirs_deadline
 
@@ -157,7 +157,7 @@ def test_renew_of_a_lease_taken_over_changes_nothing():
     (old,) = claim(lease=5)
     new = take_over(old)
     deadline = Job.objects.get(pk=new.id).lease_expires_at
-    assert leases.renew(DB, [old.lease_id], 300) == 0
+    assert leases.renew(DB, [old], 300) == 0
     assert Job.objects.get(pk=new.id).lease_expires_at == deadline
 
 
@@ -315,7 +315,7 @@ def test_sweep_does_not_requeue_a_job_whose_lease_was_renewed_meanwhile(monkeypa
     owned = leases._owned
 
     def renewed_first(alias, job):
-        leases.renew(alias, [claimed.lease_id], 30)  # the holder renews just after the sweep read
+        leases.renew(alias, [claimed], 30)  # the holder renews just after the sweep read
         return owned(alias, job)
 
     monkeypatch.setattr(leases, "_owned", renewed_first)
@@ -331,7 +331,7 @@ def test_sweep_does_not_dead_letter_a_job_whose_lease_was_renewed_meanwhile(monk
     dead_letter = leases.dead_letter
 
     def renewed_first(alias, job, **kwargs):
-        leases.renew(alias, [claimed.lease_id], 30)  # the holder renews just after the sweep read
+        leases.renew(alias, [claimed], 30)  # the holder renews just after the sweep read
         return dead_letter(alias, job, **kwargs)
 
     monkeypatch.setattr(leases, "dead_letter", renewed_first)
