@@ -36,7 +36,7 @@ def execute(alias: str, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]
     started = time.monotonic()
     try:
         with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(sql, params, binary=True)  # binary results: no timestamp text parsing
             return cursor.fetchall() if cursor.description else cursor.rowcount
     finally:
         if connection.queries_logged:  # DEBUG, debug toolbars, CaptureQueriesContext see it too

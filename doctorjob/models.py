@@ -154,7 +154,7 @@ class Outcome(models.TextChoices):
 class JobExecution(models.Model):
     """One attempt of a job: who ran it, when, for how long, and how it ended."""
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="executions")
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="executions", db_index=False)
     attempt = models.PositiveIntegerField(default=1)
     worker = models.CharField(max_length=255, blank=True, default="")
     started_at = models.DateTimeField(null=True, blank=True)
