@@ -111,6 +111,9 @@ def check_job_overrides(app_configs=None, **kwargs: Any) -> list[checks.CheckMes
             and override["version"] >= 1
         ):
             error(name, f"bad 'version': must be an integer >= 1, got {override['version']!r}", "doctorjob.E015")
+        elif "version" in override and override["version"] < registry[name].min_version:
+            error(name, f"bad 'version': {override['version']} is below the job's min_version "
+                  f"{registry[name].min_version}, so every job enqueued would be skipped", "doctorjob.E015")
         if "paused" in override and not isinstance(override["paused"], bool):
             error(name, f"bad 'paused': must be True or False, got {override['paused']!r}", "doctorjob.E016")
     return errors

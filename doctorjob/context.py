@@ -63,6 +63,8 @@ def install_log_record_factory() -> None:
             ctx, version = current
             record.job_id, record.job_name, record.attempt, record.job_version = (
                 ctx.job_id, ctx.name, ctx.attempt, version)
+        else:  # formatters using %(job_id)s work on every line
+            record.job_id = record.job_name = record.attempt = record.job_version = None
         return record
 
     factory.doctorjob = True  # type: ignore[attr-defined]

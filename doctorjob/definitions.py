@@ -33,8 +33,12 @@ def desired(job_type: JobType) -> dict[str, Any]:
     }
 
 
-def version_of(job_type: JobType) -> int:
-    return settings.JOBS.get(job_type.name, {}).get("version", job_type.version)
+def declared(job_type: JobType) -> dict[str, Any]:
+    """What the code alone declares for the job's version: its options, schedule and default
+    payload. JobVersion records this, and W001 compares it, so operators' overrides never
+    look like a code change."""
+    return {"options": job_type.options, "schedule": job_type.schedule or "",
+            "payload": job_type.payload if job_type.payload is not None else {}}
 
 
 def sync(using: str | None = None) -> list[str]:
@@ -80,9 +84,7 @@ def _sync(alias: str) -> list[str]:
                     row.save(using=alias, update_fields=[*changed, "updated_at"])
                     changes.append(f"changed {name}")
             JobVersion.objects.using(alias).get_or_create(
-                definition=row, number=want["version"],
-                defaults={"options": want["options"], "schedule": want["schedule"],
-                          "payload": want["payload"], "first_seen": now},
+                definition=row, number=want["version"], defaults={**declared(job_type), "first_seen": now},
             )
         for queue in sorted({t.queue for t in registry.values()}):  # listed in the admin, to pause
             QueueState.objects.using(alias).get_or_create(name=queue)
@@ -104,18 +106,18 @@ def unversioned_changes(using: str | None = None) -> list[str]:
     }
     problems = []
     for name, job_type in sorted(registry.items()):
-        want = desired(job_type)
-        seen = recorded.get((name, want["version"]))
+        version, code = desired(job_type)["version"], declared(job_type)
+        seen = recorded.get((name, version))
         if seen is None:
             continue
         what = [label for label, a, b in (
-            ("options", seen.options, want["options"]),
-            ("schedule", seen.schedule, want["schedule"]),
-            ("default payload", seen.payload, want["payload"]),
+            ("options", seen.options, code["options"]),
+            ("schedule", seen.schedule, code["schedule"]),
+            ("default payload", seen.payload, code["payload"]),
         ) if a != b]
         if what:
             problems.append(
-                f"job '{name}': {' and '.join(what)} changed since version {want['version']} was "
+                f"job '{name}': {' and '.join(what)} changed since version {version} was "
                 f"recorded on {seen.first_seen:%Y-%m-%d}, but the version did not"
             )
     return problems

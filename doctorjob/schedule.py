@@ -38,16 +38,22 @@ def validate_schedule(expression: str) -> None:
         raise ScheduleError(f"{expression!r} is not a valid cron expression: {exc}") from exc
 
 
-def schedule_timezone() -> tzinfo:
-    """Schedules are read in settings.TIME_ZONE, so '0 9 * * *' means 9:00 local time."""
-    return ZoneInfo(settings.TIME_ZONE or "UTC")
+def schedule_timezone(name: str | None = None) -> tzinfo:
+    """Schedules are read in settings.TIME_ZONE (or a job's own time zone), so '0 9 * * *'
+    means 9:00 local time."""
+    return ZoneInfo(name or settings.TIME_ZONE or "UTC")
 
 
-def latest_tick(expression: str, now: datetime | None = None) -> datetime:
-    """The most recent time at or before ``now`` that ``expression`` matches."""
-    now = (now or timezone.now()).astimezone(schedule_timezone())
+def latest_tick(expression: str, now: datetime | None = None, tz: str | None = None) -> datetime:
+    """The most recent time at or before ``now`` that ``expression`` matches, in UTC.
+
+    Arithmetic happens before the conversion to local time and the result is returned in UTC:
+    a local time in the hour repeated when daylight saving ends loses its ``fold`` in
+    arithmetic, and two such times compare equal in their own zone.
+    """
     # get_prev() is strictly before its start: start just after `now` so `now` itself counts.
-    return _croniter(expression, now + timedelta(microseconds=1)).get_prev(datetime)
+    start = ((now or timezone.now()) + timedelta(microseconds=1)).astimezone(schedule_timezone(tz))
+    return _croniter(expression, start).get_prev(datetime).astimezone(ZoneInfo("UTC"))
 
 
 def tick_key(name: str, tick: datetime) -> str:

@@ -37,7 +37,8 @@ logger = logging.getLogger("doctorjob")
 
 PRUNE_EVERY = 60.0
 RECORD_EVERY = 0.05  # seconds an outcome may wait to be saved with others in one statement
-REFRESH_EVERY = 1.0  # pauses, minimal versions, schedule ticks (6-field schedules tick each second)
+REFRESH_EVERY = 1.0  # pauses, minimal versions and schedules are re-read this often
+TICK_EVERY = 0.25  # due schedule ticks are checked this often (6-field schedules tick each second)
 
 
 @dataclass
@@ -94,11 +95,11 @@ class Worker:
         self._in_flight: dict[int, Claimed] = {}
         self._unrecorded: list[Attempt] = []
         self._claimed = 0
-        self._due = {"renew": 0.0, "sweep": 0.0, "prune": 0.0, "refresh": 0.0}
+        self._due = {"renew": 0.0, "sweep": 0.0, "prune": 0.0, "refresh": 0.0, "tick": 0.0}
         self._paused_names: list[str] = []
         self._paused_queues: list[str] = []
         self._min_version: dict[str, int] = {}
-        self._schedules: list[tuple[str, str, datetime | None, Any]] = []
+        self._schedules: list[tuple[str, str, datetime | None, Any, str | None]] = []
         self._last_tick: dict[str, datetime] = {}
         self._keyed = False
         self._skip_on_overlap: list[str] = []
@@ -155,11 +156,12 @@ class Worker:
 
     def _refresh_definitions(self) -> None:
         """Re-read pauses, minimal versions and schedules (operators change them at any time)."""
-        rows = list(JobDefinition.objects.using(self.alias).filter(retired=False)
-                    .values_list("name", "paused", "min_version", "schedule", "scheduled_since", "payload"))
+        rows = list(JobDefinition.objects.using(self.alias).filter(retired=False).values_list(
+            "name", "paused", "min_version", "schedule", "scheduled_since", "payload", "options"))
         self._paused_names = [name for name, paused, *_ in rows if paused]
         self._min_version = {name: min_version for name, _, min_version, *_ in rows}
-        self._schedules = [(name, schedule, since, payload) for name, paused, _, schedule, since, payload in rows
+        self._schedules = [(name, schedule, since, payload, (options or {}).get("timezone"))
+                           for name, paused, _, schedule, since, payload, options in rows
                            if schedule and not paused and name in registry]
         self._paused_queues = list(QueueState.objects.using(self.alias).filter(paused=True)
                                    .values_list("name", flat=True))
@@ -170,10 +172,10 @@ class Worker:
         from .outbox import enqueue
 
         now = timezone.now()
-        for name, expression, since, payload in self._schedules:
+        for name, expression, since, payload, tz in self._schedules:
             if self.queues and registry[name].queue not in self.queues:
                 continue
-            tick = schedule.latest_tick(expression, now)
+            tick = schedule.latest_tick(expression, now, tz)
             if (since and tick < since) or self._last_tick.get(name) == tick:
                 continue
             job = enqueue(name, payload, key=schedule.tick_key(name, tick), using=self.alias)
@@ -220,9 +222,11 @@ class Worker:
             return 0, False
         filters = dict(queues=self.queues, paused_names=self._paused_names, paused_queues=self._paused_queues)
         jobs = leases.claim(self.alias, worker=self.id, limit=limit, lease=self.lease, **filters)
-        if self._keyed and len(jobs) < limit:
+        free_threads = self.concurrency - len(self._in_flight) - len(jobs)
+        if self._keyed and len(jobs) < limit and free_threads > 0:
+            # Only as many keyed jobs as threads are free: a held key blocks every other worker.
             keyed, skipped = leases.claim_keyed(
-                self.alias, worker=self.id, limit=limit - len(jobs), lease=self.lease,
+                self.alias, worker=self.id, limit=min(limit - len(jobs), free_threads), lease=self.lease,
                 skip_on_overlap=self._skip_on_overlap, **filters)
             for job_id in skipped:
                 logger.info("skipped job_id=%s: another run with its concurrency key is in progress", job_id)
@@ -305,9 +309,11 @@ class Worker:
             self._due["renew"] = now + self.lease / 3
         if now >= self._due["refresh"]:
             self._refresh_definitions()
+            self._due["refresh"] = now + REFRESH_EVERY
+        if now >= self._due["tick"] and self._schedules:
             if not self._stopping.is_set():
                 self._enqueue_due_ticks()
-            self._due["refresh"] = now + REFRESH_EVERY
+            self._due["tick"] = now + TICK_EVERY
         if now >= self._due["sweep"]:
             requeued, dead = leases.sweep_expired(self.alias)
             for job in requeued:

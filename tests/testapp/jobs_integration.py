@@ -55,7 +55,7 @@ def _take_over(job_id: int) -> None:
     import threading
     from datetime import timedelta
 
-    from django.db import connection
+    from django.db import connection, transaction
     from django.utils import timezone
 
     from doctorjob import leases
@@ -63,9 +63,12 @@ def _take_over(job_id: int) -> None:
 
     def rescue() -> None:
         try:
-            Job.objects.filter(pk=job_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-            leases.sweep_expired("default")
-            leases.claim("default", worker="rescuer", limit=1, lease=300)
+            # One transaction, as the rescue must be one step for the test: the worker under test
+            # could otherwise claim the swept job itself before the rescuer does.
+            with transaction.atomic():
+                Job.objects.filter(pk=job_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+                leases.sweep_expired("default")
+                leases.claim("default", worker="rescuer", limit=1, lease=300)
         finally:
             connection.close()
 
