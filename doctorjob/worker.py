@@ -310,10 +310,11 @@ class Worker:
         if now >= self._due["refresh"]:
             self._refresh_definitions()
             self._due["refresh"] = now + REFRESH_EVERY
-        if now >= self._due["tick"] and self._schedules:
-            if not self._stopping.is_set():
+        if now >= self._due["tick"]:
+            if self._schedules and not self._stopping.is_set():
                 self._enqueue_due_ticks()
-            self._due["tick"] = now + TICK_EVERY
+            # Without schedules only the refresh can bring one: don't wake up for nothing.
+            self._due["tick"] = now + (TICK_EVERY if self._schedules else REFRESH_EVERY)
         if now >= self._due["sweep"]:
             requeued, dead = leases.sweep_expired(self.alias)
             for job in requeued:
