@@ -243,20 +243,19 @@ def renew(alias: str, jobs: Iterable[Claimed], lease: float) -> int:
 # execution history of exactly those jobs in the same statement.
 _SUCCEED = """
 WITH v AS (
-    SELECT * FROM unnest(%s::bigint[], %s::uuid[], %s::timestamptz[], %s::text[], %s::int[],
-                         %s::timestamptz[], %s::float8[])
-        AS v(id, lease_id, finished_at, result, attempt, started_at, duration)
+    SELECT * FROM unnest(%s::bigint[], %s::uuid[], %s::timestamptz[], %s::text[], %s::float8[])
+        AS v(id, lease_id, finished_at, result, duration)
 ), done AS (
     UPDATE doctorjob_job AS j
     SET status = 'succeeded', finished_at = v.finished_at, result = v.result::jsonb,
         lease_expires_at = NULL, error = '', traceback = ''
     FROM v
     WHERE j.id = v.id AND j.lease_id = v.lease_id AND j.status = 'running'
-    RETURNING j.id
+    RETURNING j.id, j.attempts, j.started_at, v.finished_at, v.duration
 )
 INSERT INTO doctorjob_jobexecution (job_id, attempt, worker, started_at, finished_at, duration, outcome, error)
-SELECT v.id, v.attempt, %s, v.started_at, v.finished_at, make_interval(secs => v.duration), 'succeeded', ''
-FROM v JOIN done ON done.id = v.id
+SELECT id, attempts, %s, started_at, finished_at, make_interval(secs => duration), 'succeeded', ''
+FROM done
 RETURNING job_id
 """
 
@@ -271,8 +270,7 @@ def succeed(alias: str, done: Sequence[tuple[Claimed, Any, datetime, float]], wo
     connection = connections[alias]
     if connection.vendor == "postgresql":
         params = [[j.id for j, *_ in done], [j.lease_id for j, *_ in done], [d[2] for d in done],
-                  [None if d[1] is None else json.dumps(d[1]) for d in done], [j.attempts for j, *_ in done],
-                  [j.started_at for j, *_ in done], [d[3] for d in done], worker]
+                  [None if d[1] is None else json.dumps(d[1]) for d in done], [d[3] for d in done], worker]
         return [row[0] for row in execute(alias, _SUCCEED, params)]
     ours = []
     with transaction.atomic(using=alias):

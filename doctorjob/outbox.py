@@ -112,7 +112,7 @@ def build_job(
         isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
     ):
         raise InvalidEnqueue(f"job '{job_type.name}': max_attempts must be an integer >= 1, got {max_attempts!r}")
-    return Job(
+    return _new_job(
         name=job_type.name,
         version=settings.JOBS.get(job_type.name, {}).get("version", job_type.version),
         concurrency_key=job_type.key_for(payload),
@@ -124,6 +124,18 @@ def build_job(
         key=key,
         created_at=now,
     )
+
+
+_JOB_FIELDS: list[tuple[str, Any]] = []
+
+
+def _new_job(**values: Any) -> Job:
+    """``Job(**values)`` at a third of the cost: Django's positional fast path. enqueue_many
+    builds tens of thousands of these."""
+    if not _JOB_FIELDS:
+        _JOB_FIELDS.extend((f.attname, f) for f in Job._meta.concrete_fields)
+    return Job(*[values[name] if name in values else None if f.primary_key else f.get_default()
+                 for name, f in _JOB_FIELDS])
 
 
 def check_json(payload: Any, job_name: str) -> None:
