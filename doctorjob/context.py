@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime
 from typing import Any
 
@@ -30,11 +31,11 @@ class JobContext:
     key: str | None = None
     enqueued_at: datetime | None = None
     worker: str = ""
-    logger: logging.LoggerAdapter = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        adapter = JobLogger(logger, {"job_id": self.job_id, "job_name": self.name, "attempt": self.attempt})
-        object.__setattr__(self, "logger", adapter)
+    @cached_property
+    def logger(self) -> logging.LoggerAdapter:
+        """The doctorjob logger, with the job's id and name on every line."""
+        return JobLogger(logger, {"job_id": self.job_id, "job_name": self.name, "attempt": self.attempt})
 
     @property
     def is_last_attempt(self) -> bool:
