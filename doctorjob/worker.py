@@ -11,11 +11,13 @@ import logging
 import os
 import queue as queues_module
 import secrets
+import signal
 import socket
 import threading
 import time
 import traceback
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -116,7 +118,16 @@ class Worker:
 
     def run(self) -> None:
         install_log_record_factory()
-        self._start_up()
+        failures = 0
+        while True:  # e.g. the database restarting, or SQLite locked by another worker's start-up
+            try:
+                self._start_up()
+                break
+            except (OperationalError, InterfaceError) as exc:
+                failures += 1
+                self._pause_after_database_error(exc, failures)
+                if self._stopping.is_set():
+                    return
         threads = [threading.Thread(target=self._handler_thread, name=f"doctorjob-{i}", daemon=True)
                    for i in range(self.concurrency)]
         for thread in threads:
@@ -147,10 +158,10 @@ class Worker:
             logger.info("definition %s", change)
         for problem in definitions.unversioned_changes(self.alias):
             logger.warning("%s: increment its version (doctorjob.W001)", problem)
-        WorkerRow.objects.using(self.alias).create(
-            name=self.id, host=socket.gethostname(), pid=os.getpid(), queues=",".join(self.queues or []),
+        WorkerRow.objects.using(self.alias).update_or_create(name=self.id, defaults=dict(
+            host=socket.gethostname(), pid=os.getpid(), queues=",".join(self.queues or []),
             concurrency=self.concurrency, lease=self.lease,
-        )
+        ))
         self._keyed = any(t.singleton or t.concurrency_key for t in registry.values())
         self._skip_on_overlap = [n for n, t in registry.items() if t.on_overlap == "skip"]
 
@@ -186,28 +197,39 @@ class Worker:
     # -- main loop ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        failures = 0
+        failures, next_poll = 0, 0.0
         while not self._stopping.is_set():
+            # Claim when something asked for it (NOTIFY, the handler threads running low) or
+            # polling is due; other wake-ups only save outcomes and run maintenance.
+            woken = self._wake.is_set()
             self._wake.clear()
+            polling = woken or time.monotonic() >= next_poll
             try:
                 self._record()
                 self._maintain()
-                claimed, full = self._claim()
+                claimed, full = self._claim() if polling else (0, False)
                 failures = 0
             except (OperationalError, InterfaceError) as exc:
                 failures += 1
-                pause = min(0.5 * 2 ** (failures - 1), 10.0)
-                logger.warning("database unavailable, retrying in %.1fs: %s", pause, exc)
-                self._reset_connection()
-                self._stopping.wait(pause)
+                self._pause_after_database_error(exc, failures)
                 continue
+            if polling:
+                next_poll = time.monotonic() + self.poll_interval
             if not self._in_flight and (
-                (self.burst and not claimed) or (self.max_jobs is not None and self._claimed >= self.max_jobs)
+                (self.burst and polling and not claimed)
+                or (self.max_jobs is not None and self._claimed >= self.max_jobs)
             ):
                 return
             if full and self._todo.qsize() < self.batch_size:
-                continue  # a full batch came back: more jobs are probably waiting
-            self._wake.wait(self._wait_time())
+                self._wake.set()  # a full batch came back: more jobs are probably waiting
+                continue
+            self._wake.wait(self._wait_time(next_poll))
+
+    def _pause_after_database_error(self, exc: Exception, failures: int) -> None:
+        pause = min(0.5 * 2 ** (failures - 1), 10.0)
+        logger.warning("database unavailable, retrying in %.1fs: %s", pause, exc)
+        self._reset_connection()
+        self._stopping.wait(pause)
 
     def _claim(self) -> tuple[int, bool]:
         """Top up the jobs waiting for a handler thread to about one batch ahead of the threads,
@@ -237,9 +259,9 @@ class Worker:
             self._todo.put(job)
         return len(jobs), len(jobs) == limit
 
-    def _wait_time(self) -> float:
+    def _wait_time(self, next_poll: float) -> float:
         now = time.monotonic()
-        wait = min(self.poll_interval, min(self._due.values()) - now)
+        wait = min(next_poll, *self._due.values()) - now
         if self._in_flight:
             wait = min(wait, RECORD_EVERY)  # outcomes of running jobs are saved within this
         return max(0.0, wait)
@@ -261,12 +283,13 @@ class Worker:
             for o in successes:
                 if o.job.id not in ours:
                     o.kind = "lost"  # another worker took it over: our success changed nothing
-            leases.record_executions(self.alias, [self._execution(o) for o in pending
-                                                  if o.kind in ("failed", "dead", "skipped")])
+            history = []
             for outcome in pending:
-                self._record_one(outcome)
+                if self._record_one(outcome) and outcome.kind in ("failed", "dead", "skipped"):
+                    history.append(self._execution(outcome))
                 self._in_flight.pop(outcome.job.id, None)
                 self.processed += 1
+            leases.record_executions(self.alias, history)
         except BaseException:
             # Keep what is not recorded for the next round; recording is idempotent (fenced).
             self._unrecorded = [o for o in pending if o.job.id in self._in_flight] + self._unrecorded
@@ -279,24 +302,30 @@ class Worker:
                             finished_at=finished, duration=timedelta(seconds=o.duration), outcome=outcome,
                             error=o.error)
 
-    def _record_one(self, o: Attempt) -> None:
+    def _record_one(self, o: Attempt) -> bool:
+        """Save one outcome (successes are already saved); False if the lease was lost."""
         job, log = o.job, logger.info
         if o.kind in ("succeeded", "recorded"):
             log("succeeded job_id=%s name=%s attempt=%s duration=%.3fs", job.id, job.name, job.attempts, o.duration)
-        elif o.kind == "skipped":
-            if leases.skip(self.alias, job, o.error):
+            return True
+        if o.kind == "skipped":
+            if ours := leases.skip(self.alias, job, o.error):
                 log("skipped job_id=%s name=%s attempt=%s reason=%s", job.id, job.name, job.attempts, o.error)
-        elif o.kind == "lost":
-            logger.warning("lease lost job_id=%s name=%s attempt=%s: another worker took the job over",
-                           job.id, job.name, job.attempts)
         elif o.kind == "failed" and job.attempts < job.max_attempts:
             backoff = registry[job.name].backoff_policy()
             run_at = timezone.now() + timedelta(seconds=retry_delay(backoff, job.attempts))
-            if leases.retry_later(self.alias, job, error=o.error, tb=o.traceback, run_at=run_at):
+            if ours := leases.retry_later(self.alias, job, error=o.error, tb=o.traceback, run_at=run_at):
                 logger.warning("retrying job_id=%s name=%s attempt=%s next_run_at=%s error=%s",
                                job.id, job.name, job.attempts, run_at.isoformat(), o.error)
-        elif leases.dead_letter(self.alias, job, error=o.error, tb=o.traceback):
-            logger.error("dead job_id=%s name=%s attempt=%s error=%s", job.id, job.name, job.attempts, o.error)
+        elif o.kind != "lost":
+            if ours := leases.dead_letter(self.alias, job, error=o.error, tb=o.traceback):
+                logger.error("dead job_id=%s name=%s attempt=%s error=%s", job.id, job.name, job.attempts, o.error)
+        else:
+            ours = False
+        if not ours:
+            logger.warning("lease lost job_id=%s name=%s attempt=%s: another worker took the job over",
+                           job.id, job.name, job.attempts)
+        return ours
 
     def _maintain(self) -> None:
         """Renew our leases every third of the lease, sweep others' expired ones once per lease,
@@ -471,6 +500,39 @@ class Worker:
                 logger.warning("LISTEN connection lost, polling until it is back: %s", exc)
                 self._stopping.wait(pause)
                 pause = min(pause * 2, 10.0)
+
+
+@contextmanager
+def stop_on_signals(worker: Worker, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)):
+    """Stop ``worker`` gracefully on the first SIGTERM/SIGINT and at once on the second.
+
+    The Python-level handler does nothing: the signal's number reaches a socket through
+    ``signal.set_wakeup_fd`` and a thread reads it and calls ``stop()``. Calling ``stop()``
+    from the handler itself could deadlock, should the signal land while the main thread holds
+    the lock of the Event that ``stop()`` sets.
+    """
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+
+    def watch() -> None:
+        received = 0
+        while data := reader.recv(64):
+            for signum in data:
+                if signum in signals:
+                    worker.stop(now=received > 0)
+                    received += 1
+
+    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in signals}
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    threading.Thread(target=watch, name="doctorjob-signals", daemon=True).start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        writer.close()
+        reader.close()
 
 
 def _tidy_connections() -> None:

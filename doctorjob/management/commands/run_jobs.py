@@ -1,11 +1,10 @@
 import argparse
 import logging
-import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
 from doctorjob.conf import settings
-from doctorjob.worker import Worker
+from doctorjob.worker import Worker, stop_on_signals
 
 
 def positive_int(text: str) -> int:
@@ -77,16 +76,8 @@ class Command(BaseCommand):
         if worker.alias not in connections:
             raise CommandError(f"unknown database alias {worker.alias!r}")
 
-        def on_signal(signum, frame):
-            # A second signal means "now": don't wait for running jobs.
-            worker.stop(now=worker._stopping.is_set())
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
+        with stop_on_signals(worker):
             worker.run()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     @staticmethod
     def _configure_logging(verbosity: int) -> None:

@@ -1,0 +1,75 @@
+"""run_jobs as an operator uses it: options that make it exit, and options it refuses."""
+from __future__ import annotations
+
+import pytest
+from django.apps import apps
+from django.db import transaction
+
+from doctorjob import enqueue, enqueue_many
+from doctorjob.models import Job, Status
+from tests.testapp.models import Run
+
+from .helpers import run_jobs
+
+
+@pytest.mark.django_db(transaction=True)
+def test_burst_exits_0_when_no_job_is_runnable_now():
+    later = enqueue("tests.record_run", delay=3600)
+
+    done = run_jobs("--burst", "--poll-interval", "0.1", timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    later.refresh_from_db()
+    assert (later.status, later.attempts) == (Status.QUEUED, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_burst_runs_every_runnable_job_then_exits_0(tmp_path):
+    with transaction.atomic():
+        jobs = enqueue_many([("tests.record_run", {"dupes": str(tmp_path / "dupes")})] * 25)
+
+    done = run_jobs("--burst", "--concurrency", "3", "--batch-size", "4", timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    assert set(Job.objects.values_list("status", flat=True)) == {Status.SUCCEEDED}
+    assert sorted(Run.objects.values_list("job_id", flat=True)) == sorted(job.pk for job in jobs)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_max_jobs_runs_exactly_that_many_then_exits_0(tmp_path):
+    with transaction.atomic():
+        jobs = enqueue_many([("tests.record_run", {"dupes": str(tmp_path / "dupes")})] * 10)
+
+    done = run_jobs("--max-jobs", "3", "--concurrency", "2", "--batch-size", "10", "--poll-interval", "0.1",
+                    timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    assert Run.objects.count() == 3
+    assert Job.objects.filter(status=Status.SUCCEEDED).count() == 3
+    assert Job.objects.filter(status=Status.QUEUED, attempts=0).count() == len(jobs) - 3
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("option", "complaint"), [
+    (["--concurrency", "0"], "--concurrency: must be at least 1, got 0"),
+    (["--lease", "1"], "--lease: must be at least 3 seconds, got 1"),
+    (["--queues", ","], "--queues: expected comma-separated queue names, got ','"),
+], ids=["concurrency-0", "lease-1", "queues-empty"])
+def test_bad_options_exit_non_zero_with_a_clear_message_and_write_nothing(option, complaint):
+    waiting = enqueue("tests.noop", {"n": 1})
+    before = doctorjob_rows()
+
+    done = run_jobs(*option, "--burst", timeout=30)
+
+    assert done.returncode != 0
+    assert complaint in done.stderr
+    assert "Traceback" not in done.stderr
+    assert doctorjob_rows() == before
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.attempts) == (Status.QUEUED, 0)
+
+
+def doctorjob_rows() -> dict[str, list[dict]]:
+    """Every row of every doctorjob table: jobs, dead letters, definitions, workers..."""
+    return {model.__name__: list(model.objects.order_by("pk").values())
+            for model in apps.get_app_config("doctorjob").get_models()}
