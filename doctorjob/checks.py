@@ -139,3 +139,23 @@ def check_versions(app_configs=None, databases=None, **kwargs: Any) -> list[chec
             for problem in problems
         )
     return warnings
+
+
+@checks.register()
+def check_overlap_support(app_configs=None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Singleton and concurrency-key jobs rest on a partial unique index, which MySQL and
+    MariaDB do not have: say so rather than let jobs overlap silently."""
+    from django.db import connections, router
+
+    from .models import Job
+    from .registry import registry
+
+    keyed = sorted(name for name, t in registry.items() if t.singleton or t.concurrency_key)
+    vendor = connections[router.db_for_write(Job)].vendor
+    if keyed and vendor == "mysql":
+        return [checks.Warning(
+            f"{', '.join(keyed)} use singleton or concurrency_key, which {vendor} cannot enforce "
+            "(it has no partial unique indexes): their runs may overlap",
+            hint="Use PostgreSQL or SQLite for jobs that must not overlap.", obj="doctorjob", id="doctorjob.W002",
+        )]
+    return []

@@ -208,18 +208,31 @@ _NOTIFY = (", (SELECT count(pg_notify('" + CHANNEL + "', q.queue)) FROM "
            "(SELECT DISTINCT queue FROM ins WHERE run_at <= %s) AS q)")
 
 
+# The same for the commonest case, one job: plain VALUES plan faster than unnest().
+_INSERT_ONE = """
+WITH ins AS (
+    INSERT INTO doctorjob_job (name, queue, payload, status, priority, run_at, attempts,
+                               max_attempts, key, created_at, version, concurrency_key,
+                               worker, error, traceback)
+    VALUES (%s, %s, %s::jsonb, 'queued', %s, %s, 0, %s, %s, %s, %s, %s, '', '', '')
+    ON CONFLICT (key) DO NOTHING
+    RETURNING id, key
+)
+SELECT id, key{notify} FROM ins
+"""
+_NOTIFY_ONE = ", pg_notify('" + CHANNEL + "', %s)"
+
+
 def _write_postgresql(rows: list[Job], alias: str) -> list[Job]:
-    notify = settings.NOTIFY
-    params: list[Any] = [
-        [r.name for r in rows], [r.queue for r in rows],
-        [json.dumps(r.payload, separators=(",", ":")) for r in rows],
-        [r.priority for r in rows], [r.run_at for r in rows], [r.max_attempts for r in rows],
-        [r.key for r in rows], [r.created_at for r in rows], [r.version for r in rows],
-        [r.concurrency_key for r in rows],
-    ]
-    if notify:
-        params.append(timezone.now())
-    returned = execute(alias, _INSERT.format(notify=_NOTIFY if notify else ""), params)
+    if len(rows) == 1:
+        row = rows[0]
+        notify = settings.NOTIFY and row.run_at <= timezone.now()
+        params = [row.name, row.queue, json.dumps(row.payload, separators=(",", ":")), row.priority,
+                  row.run_at, row.max_attempts, row.key, row.created_at, row.version, row.concurrency_key]
+        returned = execute(alias, _INSERT_ONE.format(notify=_NOTIFY_ONE if notify else ""),
+                           [*params, row.queue] if notify else params)
+    else:
+        returned = _insert_many(rows, alias)
     by_key = {key: pk for pk, key, *_ in returned if key is not None}
     keyless = iter(pk for pk, key, *_ in returned if key is None)
     for row in rows:
@@ -230,6 +243,20 @@ def _write_postgresql(rows: list[Job], alias: str) -> list[Job]:
         existing = {j.key: j for j in Job.objects.using(alias).filter(key__in=missing)}
         rows = [existing.get(row.key, row) if row.pk is None else row for row in rows]
     return rows
+
+
+def _insert_many(rows: list[Job], alias: str) -> list[tuple[Any, ...]]:
+    notify = settings.NOTIFY
+    params: list[Any] = [
+        [r.name for r in rows], [r.queue for r in rows],
+        [json.dumps(r.payload, separators=(",", ":")) for r in rows],
+        [r.priority for r in rows], [r.run_at for r in rows], [r.max_attempts for r in rows],
+        [r.key for r in rows], [r.created_at for r in rows], [r.version for r in rows],
+        [r.concurrency_key for r in rows],
+    ]
+    if notify:
+        params.append(timezone.now())
+    return execute(alias, _INSERT.format(notify=_NOTIFY if notify else ""), params)
 
 
 def _write_portable(rows: list[Job], alias: str) -> list[Job]:

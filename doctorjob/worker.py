@@ -71,6 +71,7 @@ class Worker:
         burst: bool = False,
         max_jobs: int | None = None,
         using: str | None = None,
+        log_jobs: bool = True,
     ) -> None:
         self.queues = list(queues) if queues else None
         self.concurrency = settings.CONCURRENCY if concurrency is None else concurrency
@@ -79,6 +80,7 @@ class Worker:
         self.lease = settings.LEASE if lease is None else lease
         self.shutdown_timeout = settings.SHUTDOWN_TIMEOUT if shutdown_timeout is None else shutdown_timeout
         self.burst = burst
+        self.log_jobs = log_jobs  # the per-job INFO lines (claimed, succeeded); run_jobs -v 0 turns them off
         self.max_jobs = max_jobs
         for option, value, minimum in (("concurrency", self.concurrency, 1), ("batch_size", self.batch_size, 1),
                                        ("poll_interval", self.poll_interval, 0.001), ("lease", self.lease, 3),
@@ -306,7 +308,9 @@ class Worker:
         """Save one outcome (successes are already saved); False if the lease was lost."""
         job, log = o.job, logger.info
         if o.kind in ("succeeded", "recorded"):
-            log("succeeded job_id=%s name=%s attempt=%s duration=%.3fs", job.id, job.name, job.attempts, o.duration)
+            if self.log_jobs:
+                log("succeeded job_id=%s name=%s attempt=%s duration=%.3fs", job.id, job.name, job.attempts,
+                    o.duration)
             return True
         if o.kind == "skipped":
             if ours := leases.skip(self.alias, job, o.error):
@@ -440,7 +444,7 @@ class Worker:
         ctx = JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts, job.key,
                          job.created_at, self.id)
         set_current_job(ctx, job.version)
-        if logger.isEnabledFor(logging.INFO):
+        if self.log_jobs and logger.isEnabledFor(logging.INFO):
             logger.info("claimed job_id=%s name=%s attempt=%s", job.id, job.name, job.attempts)
         try:
             if job_type.atomic:

@@ -296,6 +296,16 @@ def test_lifecycle_is_logged_with_job_id_name_and_attempt(run_worker, caplog):
     assert (levels["retrying"], levels["dead"]) == (logging.WARNING, logging.ERROR)
 
 
+def test_quiet_worker_logs_no_line_per_job_but_still_logs_retries(run_worker, caplog):
+    caplog.set_level(logging.INFO, logger="doctorjob")
+    enqueue("tests.noop")
+    failing = enqueue("integration.always_fail", max_attempts=2)
+    run_worker(log_jobs=False)  # what run_jobs -v 0 asks for
+
+    assert not messages(caplog, "claimed") and not messages(caplog, "succeeded")
+    assert messages(caplog, f"retrying job_id={failing.pk} ") and messages(caplog, f"dead job_id={failing.pk} ")
+
+
 # -- run_jobs ---------------------------------------------------------------------------------
 
 

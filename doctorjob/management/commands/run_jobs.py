@@ -67,7 +67,7 @@ class Command(BaseCommand):
                 queues=options["queues"], concurrency=options["concurrency"], batch_size=options["batch_size"],
                 poll_interval=options["poll_interval"], lease=options["lease"],
                 shutdown_timeout=options["shutdown_timeout"], burst=options["burst"],
-                max_jobs=options["max_jobs"], using=options["database"],
+                max_jobs=options["max_jobs"], using=options["database"], log_jobs=options["verbosity"] >= 1,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
