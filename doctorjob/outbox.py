@@ -126,16 +126,19 @@ def build_job(
     )
 
 
-_JOB_FIELDS: list[tuple[str, Any]] = []
+_JOB_FIELDS: list[tuple[str, Any, Any]] = []
 
 
 def _new_job(**values: Any) -> Job:
     """``Job(**values)`` at a third of the cost: Django's positional fast path. enqueue_many
     builds tens of thousands of these."""
     if not _JOB_FIELDS:
-        _JOB_FIELDS.extend((f.attname, f) for f in Job._meta.concrete_fields)
-    return Job(*[values[name] if name in values else None if f.primary_key else f.get_default()
-                 for name, f in _JOB_FIELDS])
+        for f in Job._meta.concrete_fields:
+            # A non-callable default is immutable (Django asks for callables otherwise): reuse it.
+            static = None if f.primary_key or not f.has_default() or callable(f.default) else f.get_default()
+            _JOB_FIELDS.append((f.attname, f if static is None and not f.primary_key else None, static))
+    return Job(*[values[name] if name in values else f.get_default() if f is not None else static
+                 for name, f, static in _JOB_FIELDS])
 
 
 def check_json(payload: Any, job_name: str) -> None:
@@ -195,8 +198,8 @@ WITH ins AS (
                                worker, error, traceback)
     SELECT r.name, r.queue, r.payload, 'queued', r.priority, r.run_at, 0,
            r.max_attempts, r.key, r.created_at, r.version, r.concurrency_key, '', '', ''
-    FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::int[], %s::timestamptz[], %s::int[],
-                %s::text[], %s::timestamptz[], %s::int[], %s::text[])
+    FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::int[], %b::timestamptz[], %b::int[],
+                %b::text[], %b::timestamptz[], %b::int[], %b::text[])
          AS r(name, queue, payload, priority, run_at, max_attempts, key, created_at, version,
               concurrency_key)
     ON CONFLICT (key) DO NOTHING
