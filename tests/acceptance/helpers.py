@@ -52,14 +52,13 @@ def worker_database_url() -> str:
         name = str(db["NAME"])
         assert name != ":memory:" and not name.startswith("file:"), "workers need a SQLite file"
         return f"sqlite:///{Path(name).resolve()}"
-    if connection.vendor == "postgresql":
-        auth = quote(db["USER"] or "", safe="")
-        if db["PASSWORD"]:
-            auth += ":" + quote(db["PASSWORD"], safe="")
-        host = db["HOST"] or "localhost"
-        port = f":{db['PORT']}" if db["PORT"] else ""
-        return f"postgres://{auth}{'@' if auth else ''}{host}{port}/{quote(db['NAME'], safe='')}"
-    raise NotImplementedError(f"no acceptance tests for {connection.vendor}")
+    scheme = {"postgresql": "postgres", "mysql": "mysql"}[connection.vendor]
+    auth = quote(db["USER"] or "", safe="")
+    if db["PASSWORD"]:
+        auth += ":" + quote(db["PASSWORD"], safe="")
+    host = db["HOST"] or "localhost"
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return f"{scheme}://{auth}{'@' if auth else ''}{host}{port}/{quote(db['NAME'], safe='')}"
 
 
 def worker_env(database_url: str | None = None) -> dict[str, str]:
