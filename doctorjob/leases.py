@@ -243,7 +243,7 @@ def renew(alias: str, jobs: Iterable[Claimed], lease: float) -> int:
 # execution history of exactly those jobs in the same statement.
 _SUCCEED = """
 WITH v AS (
-    SELECT * FROM unnest(%s::bigint[], %s::uuid[], %s::timestamptz[], %s::text[], %s::float8[])
+    SELECT * FROM unnest(%b::bigint[], %b::uuid[], %b::timestamptz[], %b::text[], %b::float8[])
         AS v(id, lease_id, finished_at, result, duration)
 ), done AS (
     UPDATE doctorjob_job AS j
