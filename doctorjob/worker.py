@@ -13,6 +13,8 @@ import queue as queues_module
 import secrets
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -537,6 +539,30 @@ def stop_on_signals(worker: Worker, signals: Sequence[int] = (signal.SIGTERM, si
             signal.signal(sig, handler)
         writer.close()
         reader.close()
+
+
+def run_processes(count: int, argv: Sequence[str]) -> int:
+    """Run ``count`` copies of the worker command ``argv`` and wait for them all.
+
+    Each child has its own session, so a Ctrl-C in the terminal reaches only this parent, which
+    passes SIGTERM/SIGINT on once: children shut down gracefully, a second signal stops them at
+    once. Returns the first non-zero exit code, else 0.
+    """
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    children = [subprocess.Popen(list(argv), env=env, start_new_session=True) for _ in range(count)]
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        codes = [child.wait() for child in children]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return next((code for code in codes if code), 0)
 
 
 def _tidy_connections() -> None:

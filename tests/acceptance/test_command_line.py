@@ -9,7 +9,7 @@ from doctorjob import enqueue, enqueue_many
 from doctorjob.models import Job, Status
 from tests.testapp.models import Run
 
-from .helpers import run_jobs
+from .helpers import run_jobs, wait_for
 
 
 @pytest.mark.django_db(transaction=True)
@@ -73,3 +73,33 @@ def doctorjob_rows() -> dict[str, list[dict]]:
     """Every row of every doctorjob table: jobs, dead letters, definitions, workers..."""
     return {model.__name__: list(model.objects.order_by("pk").values())
             for model in apps.get_app_config("doctorjob").get_models()}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_processes_runs_that_many_workers_that_share_the_jobs(tmp_path):
+    with transaction.atomic():
+        jobs = enqueue_many([("tests.record_run", {"dupes": str(tmp_path / "dupes")})] * 60)
+
+    done = run_jobs("--processes", "2", "--burst", "--batch-size", "5", timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("worker started") == 2, done.stderr
+    assert sorted(Run.objects.values_list("job_id", flat=True)) == sorted(job.pk for job in jobs)
+    assert not (tmp_path / "dupes").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sigterm_to_a_multi_process_worker_stops_every_process_gracefully(workers):
+    import signal
+
+    from doctorjob.models import Worker
+
+    parent = workers("--processes", "2", "--poll-interval", "0.1", wait=False)
+    wait_for(lambda: parent.output().count("worker started") == 2 and Worker.objects.count() == 2,
+             message=lambda: f"two worker processes to start:\n{parent.output()}")
+
+    parent.signal(signal.SIGTERM)
+
+    assert parent.wait() == 0
+    assert parent.output().count("worker stopped") == 2
+    assert not Worker.objects.exists()  # each removed its row on a clean exit

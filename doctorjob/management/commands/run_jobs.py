@@ -1,10 +1,11 @@
 import argparse
 import logging
+import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
 from doctorjob.conf import settings
-from doctorjob.worker import Worker, stop_on_signals
+from doctorjob.worker import Worker, run_processes, stop_on_signals
 
 
 def positive_int(text: str) -> int:
@@ -59,8 +60,15 @@ class Command(BaseCommand):
                             f"finish on SIGTERM (default {settings.SHUTDOWN_TIMEOUT}).")
         parser.add_argument("--database", default=None, help="Database alias (default: the router's "
                             "choice for doctorjob's Job model).")
+        parser.add_argument("--processes", type=positive_int, default=1, help="Worker processes to run, "
+                            "each with these options (default 1); for CPU-bound handlers.")
 
     def handle(self, *args, **options):
+        if options["processes"] > 1:
+            code = run_processes(options["processes"], self._child_argv(options))
+            if code:
+                raise SystemExit(code)
+            return
         self._configure_logging(options["verbosity"])
         try:
             worker = Worker(
@@ -78,6 +86,20 @@ class Command(BaseCommand):
 
         with stop_on_signals(worker):
             worker.run()
+
+    @staticmethod
+    def _child_argv(options: dict) -> list[str]:
+        """This command with the same options, for one worker process."""
+        argv = [sys.executable, "-m", "django", "run_jobs", "-v", str(options["verbosity"])]
+        for name in ("concurrency", "batch_size", "max_jobs", "poll_interval", "lease", "shutdown_timeout",
+                     "database", "settings"):
+            if options.get(name) is not None:
+                argv += [f"--{name.replace('_', '-')}", str(options[name])]
+        if options["queues"]:
+            argv += ["--queues", ",".join(options["queues"])]
+        if options["burst"]:
+            argv.append("--burst")
+        return argv
 
     @staticmethod
     def _configure_logging(verbosity: int) -> None:
