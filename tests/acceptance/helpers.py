@@ -245,6 +245,14 @@ def _database_is_quiet() -> bool:
                 "  AND l.mode <> 'AccessShareLock'))"
             )
             return cursor.fetchone()[0] == 0
+    if connection.vendor == "mysql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE() "
+                "AND ID <> CONNECTION_ID() AND (COMMAND <> 'Sleep' OR ID IN "
+                "(SELECT trx_mysql_thread_id FROM information_schema.INNODB_TRX))"
+            )
+            return cursor.fetchone()[0] == 0
     import sqlite3
 
     probe = sqlite3.connect(connection.settings_dict["NAME"], timeout=0, isolation_level=None)
