@@ -5,7 +5,8 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from doctorjob.conf import settings
-from doctorjob.worker import Worker, run_processes, stop_on_signals
+from doctorjob.supervisor import run_processes, stop_on_signals
+from doctorjob.worker import Worker
 
 
 def positive_int(text: str) -> int:
