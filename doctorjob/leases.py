@@ -207,10 +207,9 @@ def claim_keyed(
 
 
 def _claimed(row: Sequence[Any], lease_id: uuid.UUID) -> Claimed:
-    payload = row[3]
-    if isinstance(payload, (str, bytes)):  # Django's psycopg loader leaves jsonb as text
-        payload = json.loads(payload)
-    return Claimed(row[0], row[1], row[2], payload, *row[4:11], lease_id)
+    # The payload arrives decoded (binary jsonb results, or JSONField's from_db_value); a str
+    # here is a payload that is a JSON string, not JSON text to parse again.
+    return Claimed(*row[:11], lease_id)
 
 
 def skip(alias: str, job: Claimed, reason: str) -> bool:

@@ -296,6 +296,15 @@ def test_lifecycle_is_logged_with_job_id_name_and_attempt(run_worker, caplog):
     assert (levels["retrying"], levels["dead"]) == (logging.WARNING, logging.ERROR)
 
 
+@pytest.mark.parametrize("payload", ["hello", "{\"not\": \"parsed twice\"}", 42, [1, "two"], None])
+def test_payload_reaches_the_handler_as_the_json_value_enqueued(run_worker, payload):
+    job = enqueue("integration.echo", payload)
+    run_worker()
+    job.refresh_from_db()
+    expected = {} if payload is None else payload  # enqueue's payload defaults to {}
+    assert (job.status, job.result) == (Status.SUCCEEDED, expected)
+
+
 def test_quiet_worker_logs_no_line_per_job_but_still_logs_retries(run_worker, caplog):
     caplog.set_level(logging.INFO, logger="doctorjob")
     enqueue("tests.noop")

@@ -90,3 +90,9 @@ def atomic_taken_over(payload, ctx):
     _take_over(ctx.job_id)
     Effect.objects.create(job_id=ctx.job_id)
     return "late"
+
+
+@job("integration.echo")
+def echo(payload, ctx):
+    """Return the payload as it reached the handler, whatever JSON value it is."""
+    return payload
