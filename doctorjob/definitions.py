@@ -12,7 +12,8 @@ from django.utils import timezone
 
 from .conf import settings
 from .models import JobDefinition, JobVersion, QueueState
-from .registry import JobType, registry
+from .outbox import enqueue
+from .registry import JobType, get_job_type, registry
 
 OVERRIDE_KEYS = {"schedule", "payload", "version", "paused", "timezone"}
 
@@ -20,14 +21,15 @@ OVERRIDE_KEYS = {"schedule", "payload", "version", "paused", "timezone"}
 def desired(job_type: JobType) -> dict[str, Any]:
     """The definition row the code (plus DOCTORJOB['JOBS'] overrides) asks for."""
     override = settings.JOBS.get(job_type.name, {})
-    options = job_type.options
+    code = declared(job_type)
+    options = code["options"]
     if override.get("timezone"):
         options = {**options, "timezone": override["timezone"]}
     return {
         "queue": job_type.queue,
         "options": options,
-        "schedule": override.get("schedule", job_type.schedule) or "",
-        "payload": override.get("payload", job_type.payload if job_type.payload is not None else {}),
+        "schedule": override.get("schedule", code["schedule"]) or "",
+        "payload": override.get("payload", code["payload"]),
         "version": override.get("version", job_type.version),
         "min_version": job_type.min_version,
     }
@@ -125,9 +127,6 @@ def unversioned_changes(using: str | None = None) -> list[str]:
 
 def run_now(name: str, payload: Any = None, *, using: str | None = None):
     """Enqueue ``name`` to run now, with its definition's default payload unless one is given."""
-    from .outbox import enqueue
-    from .registry import get_job_type
-
     job_type = get_job_type(name)
     if payload is None:
         alias = using or router.db_for_read(JobDefinition)

@@ -299,8 +299,7 @@ def dead_letter(alias: str, job: Claimed, *, error: str, tb: str, expired_before
         owned = _owned(alias, job)
         if expired_before is not None:
             owned = owned.filter(lease_expires_at__lt=expired_before)
-        if not owned.update(status=Status.DEAD, error=error, traceback=tb,
-                                         lease_expires_at=None, finished_at=now):
+        if not owned.update(status=Status.DEAD, error=error, traceback=tb, lease_expires_at=None, finished_at=now):
             return False
         DeadLetter.objects.using(alias).create(
             job_id=job.id, name=job.name, queue=job.queue, payload=job.payload, priority=job.priority,
@@ -332,7 +331,7 @@ def sweep_expired(alias: str, limit: int = 500) -> tuple[list[Claimed], list[Cla
     now = timezone.now()
     rows = (Job.objects.using(alias).filter(status=Status.RUNNING, lease_expires_at__lt=now)
             .order_by("lease_expires_at").values_list(*_COLUMNS, "worker", "lease_id")[:limit])
-    requeued, dead = [], []
+    requeued, dead, history = [], [], []
     for row in rows:
         job = _claimed(row[:-2], row[-1])
         if job.attempts >= job.max_attempts:
@@ -344,10 +343,11 @@ def sweep_expired(alias: str, limit: int = 500) -> tuple[list[Claimed], list[Cla
             requeued.append(job)
         else:
             continue
-        record_executions(alias, [JobExecution(
+        history.append(JobExecution(
             job_id=job.id, attempt=job.attempts, worker=row[-2], started_at=job.started_at, finished_at=now,
             duration=now - job.started_at if job.started_at else None, outcome=Outcome.LOST, error=WORKER_LOST,
-        )])
+        ))
+    record_executions(alias, history)
     return requeued, dead
 
 

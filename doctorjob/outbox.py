@@ -14,9 +14,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from .conf import settings
-from .leases import execute
 from .exceptions import InvalidEnqueue, InvalidPayload, TransactionRequired
-from .models import Job, Status
+from .leases import execute
+from .models import DeadLetter, Job, Status
 from .registry import get_job_type
 
 CHANNEL = "doctorjob"
@@ -283,8 +283,6 @@ def _write_portable(rows: list[Job], alias: str) -> list[Job]:
 
 def requeue(dead_letter, payload: Any = None, *, using: str | None = None) -> Job:
     """Create a fresh queued job from a dead letter and mark it requeued, in one transaction."""
-    from .models import DeadLetter
-
     alias = using or router.db_for_write(DeadLetter)
     with transaction.atomic(using=alias):
         letter = DeadLetter.objects.using(alias).select_for_update().get(pk=dead_letter.pk)
@@ -301,8 +299,6 @@ def requeue(dead_letter, payload: Any = None, *, using: str | None = None) -> Jo
 def retry(jobs, *, using: str | None = None) -> int:
     """Queue dead or cancelled jobs to run now and mark their dead letters requeued as them, so
     the same work cannot be requeued twice; returns how many were queued."""
-    from .models import DeadLetter
-
     alias, now = using or router.db_for_write(Job), timezone.now()
     with transaction.atomic(using=alias):
         already = DeadLetter.objects.using(alias).filter(requeued_at__isnull=False, job__isnull=False)

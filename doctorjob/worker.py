@@ -88,7 +88,6 @@ class Worker:
                 raise ValueError(f"{option} must be a number >= {minimum:g}, got {value!r}")
         self.alias = using or router.db_for_write(Job)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.listening = False
         self.processed = 0
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -477,7 +476,6 @@ class Worker:
             return False
         params = connections[alias].get_connection_params()
         threading.Thread(target=self._listen, args=(params,), name="doctorjob-listen", daemon=True).start()
-        self.listening = True
         return True
 
     def _listen(self, params: dict[str, Any]) -> None:
