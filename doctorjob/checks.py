@@ -21,6 +21,7 @@ _RULES = {
     "NOTIFY": (lambda v: isinstance(v, bool), "True or False"),
     "LISTEN_DATABASE": (lambda v: v is None or v is False or v in django_settings.DATABASES,
                         "None, False or an alias in DATABASES"),
+    "PREPARE": (lambda v: v is None or isinstance(v, bool), "None, True or False"),
     "CONCURRENCY": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
     "BATCH_SIZE": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
     "POLL_INTERVAL": (lambda v: _number(v, 0.001), "a number of seconds > 0"),

@@ -20,6 +20,10 @@ DEFAULTS: dict[str, Any] = {
     # database. Set it to a direct (non-PgBouncer) alias when the default goes through a
     # transaction-pooling bouncer; set it to False to poll only.
     "LISTEN_DATABASE": None,
+    # PostgreSQL: prepare enqueue()'s INSERT once per connection instead of parsing and planning
+    # it on every call. None: yes, unless the database sets DISABLE_SERVER_SIDE_CURSORS (Django's
+    # setting for PgBouncer in transaction pooling mode). True or False to decide yourself.
+    "PREPARE": None,
     # Worker defaults; `run_jobs` options override them.
     "CONCURRENCY": 4,
     "BATCH_SIZE": 100,

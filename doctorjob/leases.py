@@ -8,6 +8,7 @@ another therefore changes nothing: the newer state always wins.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -19,28 +20,53 @@ from django.db import IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from .conf import settings
 from .models import DeadLetter, Job, JobExecution, Outcome, Status, Worker
 
 WORKER_LOST = "worker lost: its lease expired before the job finished"
 
 
-def execute(alias: str, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]] | int:
+def execute(alias: str, sql: str, params: Sequence[Any], *, prepare: bool = False) -> list[tuple[Any, ...]] | int:
     """Run one of the hot PostgreSQL statements with server-side binding: arrays travel as
     binary parameters instead of being quoted into the SQL text by Django's client-side cursor.
-    Returns the rows, or the row count for a statement that returns none. Errors surface as
-    Django's database exceptions, inside or outside ``atomic()``."""
+    With ``prepare`` the statement is parsed and planned once per connection (see
+    ``may_prepare``). Returns the rows, or the row count for a statement that returns none.
+    Errors surface as Django's database exceptions, inside or outside ``atomic()``."""
     import psycopg
 
     connection = connections[alias]
     connection.ensure_connection()
     started = time.monotonic()
+    pg = connection.connection
     try:
-        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(sql, params, binary=True)  # binary results: no timestamp text parsing
+        prepare = prepare and may_prepare(connection)
+        # Django sets psycopg's prepare_threshold to None, which turns preparation off for the
+        # whole connection. Lift it for this one statement: the application's own queries are
+        # still never prepared, and psycopg keeps its bookkeeping (a rollback deallocates).
+        lift = prepare and pg.prepare_threshold is None
+        with connection.wrap_database_errors, psycopg.Cursor(pg) as cursor:
+            if lift:
+                pg.prepare_threshold = sys.maxsize
+            try:  # binary results: no timestamp text parsing
+                cursor.execute(sql, params, binary=True, prepare=prepare or None)
+            finally:
+                if lift:
+                    pg.prepare_threshold = None
             return cursor.fetchall() if cursor.description else cursor.rowcount
     finally:
         if connection.queries_logged:  # DEBUG, debug toolbars, CaptureQueriesContext see it too
             connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
+
+
+def may_prepare(connection) -> bool:
+    """Whether doctorjob may keep prepared statements on this PostgreSQL connection:
+    DOCTORJOB["PREPARE"], or by default unless the database sets DISABLE_SERVER_SIDE_CURSORS,
+    Django's switch for PgBouncer in transaction pooling mode (where a statement prepared in
+    one transaction may be missing in the next, on another server connection)."""
+    prepare = settings.PREPARE
+    if prepare is None:
+        return not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS", False)
+    return prepare
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,7 @@ class Job(models.Model):
     run_at = models.DateTimeField(default=timezone.now, help_text="Not claimed before this time.")
     attempts = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=3)
-    key = models.CharField(
-        max_length=255, null=True, blank=True, unique=True, help_text="Idempotency key: one job per key."
-    )
+    key = models.CharField(max_length=255, null=True, blank=True, help_text="Idempotency key: one job per key.")
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -52,6 +50,9 @@ class Job(models.Model):
         # whose predicate it matches, so indexes are partial wherever a query allows: a running
         # row enters 3 indexes (pk, key, lease), a succeeded one 3 (pk, key, retention).
         constraints = [
+            # Idempotency keys. A constraint rather than unique=True, which on PostgreSQL adds a
+            # second (LIKE-pattern) index that every insert would pay for and no query uses.
+            models.UniqueConstraint(fields=["key"], name="doctorjob_job_key_unique"),
             # Singleton and per-key jobs: the running row itself is the lock, so a crashed
             # worker leaves nothing behind once the lease sweep requeues its job.
             models.UniqueConstraint(

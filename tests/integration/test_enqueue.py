@@ -133,6 +133,21 @@ def test_enqueue_returns_the_saved_job():
     assert saved.run_at == job.run_at
 
 
+@pytest.mark.parametrize("many", [False, True])
+def test_returned_jobs_are_complete_model_instances(many):
+    """enqueue_many builds its Job objects without Model.__init__: each must still hold every
+    field (a missing one would be 'deferred' and cost a query) and save like any instance."""
+    job = enqueue_many([("tests.noop", {"n": 1}), ("tests.noop", {"n": 2})])[1] if many else enqueue("tests.noop", {"n": 2})
+    assert job.get_deferred_fields() == set()
+    stored = Job.objects.get(pk=job.pk)
+    assert {f.attname: getattr(job, f.attname) for f in Job._meta.concrete_fields} == {
+        f.attname: getattr(stored, f.attname) for f in Job._meta.concrete_fields
+    }
+    job.priority = 7
+    job.save(update_fields=["priority"])
+    assert Job.objects.get(pk=job.pk).priority == 7 and Job.objects.count() == (2 if many else 1)
+
+
 def test_enqueue_accepts_the_decorated_function():
     job = enqueue(noop, {"n": 2})
     assert Job.objects.get(pk=job.pk).name == "tests.noop"
@@ -403,3 +418,67 @@ def test_bad_enqueue_many_item_writes_nothing_even_for_the_valid_items_before_it
     with pytest.raises(error, match=pattern):
         enqueue_many([("tests.noop", {"n": 0}), {"job": "tests.noop", "key": "k"}, bad])
     assert not Job.objects.exists()
+
+
+# -- prepared statements (PostgreSQL) ---------------------------------------------------------
+
+
+def prepared_inserts() -> list[str]:
+    """This connection's prepared statements that insert jobs."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall() if "INSERT INTO doctorjob_job" in row[0]]
+
+
+@pytest.mark.postgresql
+@transactional
+def test_enqueue_prepares_its_insert_once_and_nothing_of_the_applications():
+    connection.close()
+    for n in range(3):
+        enqueue("tests.noop", {"n": n})
+    Client.objects.create(email="a@example.com")
+    for _ in range(10):
+        list(Client.objects.all())
+    assert len(prepared_inserts()) == 1
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+        assert cursor.fetchone()[0] == 1, "the application's queries stay unprepared, as Django configures"
+    assert connection.connection.prepare_threshold is None
+
+
+@pytest.mark.postgresql
+@transactional
+def test_prepared_insert_survives_a_rolled_back_transaction():
+    """psycopg deallocates prepared statements on rollback; the next enqueue prepares again."""
+    connection.close()
+    enqueue("tests.noop", {"n": 0})
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        enqueue("tests.noop", {"n": 1})
+        1 / 0
+    with transaction.atomic():
+        enqueue("tests.noop", {"n": 2})
+        sid = transaction.savepoint()
+        enqueue("tests.noop", {"n": 3})
+        transaction.savepoint_rollback(sid)
+        enqueue("tests.noop", {"n": 4})
+    assert sorted(p["n"] for p in Job.objects.values_list("payload", flat=True)) == [0, 2, 4]
+
+
+@pytest.mark.postgresql
+@transactional
+@pytest.mark.parametrize("database, doctorjob", [
+    ({"DISABLE_SERVER_SIDE_CURSORS": True}, {}),  # Django's setting for PgBouncer transaction pooling
+    ({}, {"PREPARE": False}),
+])
+def test_enqueue_prepares_nothing_behind_pgbouncer_or_when_told_not_to(settings, database, doctorjob):
+    connection.close()
+    settings.DOCTORJOB = doctorjob
+    original = dict(connection.settings_dict)
+    connection.settings_dict.update(database)
+    try:
+        enqueue("tests.noop", {"n": 1})
+        assert prepared_inserts() == []
+    finally:
+        connection.settings_dict.clear()
+        connection.settings_dict.update(original)
+    assert Job.objects.count() == 1
