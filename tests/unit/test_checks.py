@@ -23,7 +23,7 @@ def test_no_setting_and_an_empty_setting_are_fine():
 def test_every_default_value_passes():
     assert errors_for({
         "REQUIRE_TRANSACTION": True, "KEEP_SUCCEEDED": timedelta(days=1), "BACKOFF": {"base": 2},
-        "NOTIFY": False, "LISTEN_DATABASE": "default", "CONCURRENCY": 2, "BATCH_SIZE": 10,
+        "NOTIFY": False, "LISTEN_DATABASE": "default", "PREPARE": False, "CONCURRENCY": 2, "BATCH_SIZE": 10,
         "POLL_INTERVAL": 0.5, "LEASE": 3, "SHUTDOWN_TIMEOUT": 0, "JOBS": {},
     }) == []
 
@@ -53,6 +53,7 @@ def test_unknown_key_is_an_error_listing_the_known_keys():
         ("SHUTDOWN_TIMEOUT", -1, "a number of seconds >= 0"),
         ("BACKOFF", 5, "a dict with base, factor, cap, jitter"),
         ("LISTEN_DATABASE", "replica", "None, False or an alias in DATABASES"),
+        ("PREPARE", "yes", "None, True or False"),
         ("JOBS", [], "a dict of job name -> overrides"),
     ],
 )
