@@ -50,30 +50,31 @@ class Job(models.Model):
         # whose predicate it matches, so indexes are partial wherever a query allows: a running
         # row enters 3 indexes (pk, key, lease), a succeeded one 3 (pk, key, retention).
         constraints = [
-            # Idempotency keys. A constraint rather than unique=True, which on PostgreSQL adds a
-            # second (LIKE-pattern) index that every insert would pay for and no query uses.
-            models.UniqueConstraint(fields=["key"], name="doctorjob_job_key_unique"),
+            # Idempotency keys. Partial, so that the many jobs without a key stay out of it, and
+            # a constraint rather than unique=True, which on PostgreSQL adds a LIKE-pattern index
+            # no query uses. MySQL has no partial indexes: migration 0002 gives it a plain one.
+            models.UniqueConstraint(fields=["key"], condition=Q(key__isnull=False), name="doctorjob_job_key_unique"),
             # Singleton and per-key jobs: the running row itself is the lock, so a crashed
             # worker leaves nothing behind once the lease sweep requeues its job.
             models.UniqueConstraint(
-                "concurrency_key", name="doctorjob_job_one_running_per_key",
+                fields=["concurrency_key"], name="doctorjob_job_one_running_per_key",
                 condition=Q(status="running", concurrency_key__isnull=False),
             ),
         ]
         indexes = [
             # The claim query: runnable jobs in (priority desc, run_at, id) order, per queue or not.
             models.Index(
-                "queue", models.F("priority").desc(), "run_at", "id",
+                fields=["queue", "-priority", "run_at", "id"],
                 name="doctorjob_job_claim", condition=Q(status="queued"),
             ),
             models.Index(
-                models.F("priority").desc(), "run_at", "id",
+                fields=["-priority", "run_at", "id"],
                 name="doctorjob_job_claim_any", condition=Q(status="queued"),
             ),
             # The lease sweep: running jobs by deadline.
-            models.Index("lease_expires_at", name="doctorjob_job_lease", condition=Q(status="running")),
+            models.Index(fields=["lease_expires_at"], name="doctorjob_job_lease", condition=Q(status="running")),
             # Retention: succeeded jobs by age.
-            models.Index("finished_at", name="doctorjob_job_succeeded", condition=Q(status="succeeded")),
+            models.Index(fields=["finished_at"], name="doctorjob_job_succeeded", condition=Q(status="succeeded")),
         ]
 
     def __str__(self) -> str:
@@ -100,7 +101,7 @@ class DeadLetter(models.Model):
 
     class Meta:
         permissions = [("requeue_deadletter", "Can requeue dead letters")]
-        indexes = [models.Index("created_at", name="doctorjob_deadletter_created")]
+        indexes = [models.Index(fields=["created_at"], name="doctorjob_deadletter_created")]
 
     def __str__(self) -> str:
         return f"{self.name} (dead letter #{self.pk})"
@@ -165,7 +166,7 @@ class JobExecution(models.Model):
     error = models.TextField(blank=True, default="")
 
     class Meta:
-        indexes = [models.Index("job", "attempt", name="doctorjob_execution_job")]
+        indexes = [models.Index(fields=["job", "attempt"], name="doctorjob_execution_job")]
 
     def __str__(self) -> str:
         return f"{self.job_id} attempt {self.attempt}: {self.outcome}"
@@ -200,7 +201,7 @@ class JobVersion(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint("definition", "number", name="doctorjob_jobversion_unique"),
+            models.UniqueConstraint(fields=["definition", "number"], name="doctorjob_jobversion_unique"),
         ]
 
     def __str__(self) -> str:

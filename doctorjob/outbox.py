@@ -146,7 +146,7 @@ def _new_job(**values: Any) -> Job:
 
 def check_json(payload: Any, job_name: str) -> None:
     """Raise InvalidPayload naming the first value that JSON cannot carry, with its path."""
-    problem = _first_non_json(payload, "payload")
+    problem = first_non_json(payload, "payload")
     if problem:
         where, value = problem
         raise InvalidPayload(
@@ -155,26 +155,37 @@ def check_json(payload: Any, job_name: str) -> None:
         )
 
 
-def _first_non_json(value: Any, where: str) -> tuple[str, Any] | None:
-    if value is None or isinstance(value, (str, bool, int)):
+def first_non_json(value: Any, root: str) -> tuple[str, Any] | None:
+    """The first value JSON cannot carry and where it is (``root['a'][0]``), or None."""
+    found = _first_non_json(value)
+    return None if found is None else (root + "".join(found[0]), found[1])
+
+
+_JSON_SCALARS = (str, bool, int, type(None))  # and finite floats
+
+
+def _first_non_json(value: Any) -> tuple[list[str], Any] | None:
+    """The first value JSON cannot carry, with the path to it. Runs on every payload enqueued,
+    so leaves are checked inline and the path is only built once a bad value is found."""
+    if isinstance(value, _JSON_SCALARS):
         return None
     if isinstance(value, float):
-        return None if math.isfinite(value) else (where, value)
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            found = _first_non_json(item, f"{where}[{i}]")
-            if found:
-                return found
-        return None
+        return None if math.isfinite(value) else ([], value)
     if isinstance(value, dict):
         for k, item in value.items():
             if not isinstance(k, str):
-                return (f"{where} key {k!r}", k)
-            found = _first_non_json(item, f"{where}[{k!r}]")
-            if found:
+                return ([f" key {k!r}"], k)
+            if not isinstance(item, _JSON_SCALARS) and (found := _first_non_json(item)):
+                found[0].insert(0, f"[{k!r}]")
                 return found
         return None
-    return (where, value)
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            if not isinstance(item, _JSON_SCALARS) and (found := _first_non_json(item)):
+                found[0].insert(0, f"[{i}]")
+                return found
+        return None
+    return ([], value)
 
 
 def _write(rows: list[Job], using: str | None) -> list[Job]:
@@ -192,51 +203,58 @@ def _write(rows: list[Job], using: str | None) -> list[Job]:
 # One statement, whatever the number of rows (arrays are single parameters, so PostgreSQL's
 # 65,535-parameter limit never applies), and in the same statement the NOTIFY that wakes
 # workers: it is delivered only when the caller's transaction commits, so a worker never hears
-# of a job it cannot see. ON CONFLICT (key) DO NOTHING makes a duplicate idempotency key a
-# no-op instead of an error that would abort the caller's transaction.
+# of a job it cannot see, and it is sent once per queue, only if a row was inserted (the
+# subquery runs once, for the first row returned). With idempotency keys, ON CONFLICT (key) DO
+# NOTHING makes a duplicate key a no-op instead of an error that would abort the caller's
+# transaction; without keys nothing can conflict and the clause would only cost time.
 _INSERT = """
-WITH ins AS (
-    INSERT INTO doctorjob_job (name, queue, payload, status, priority, run_at, attempts,
-                               max_attempts, key, created_at, version, concurrency_key,
-                               worker, error, traceback)
-    SELECT r.name, r.queue, r.payload, 'queued', r.priority, r.run_at, 0,
-           r.max_attempts, r.key, r.created_at, r.version, r.concurrency_key, '', '', ''
-    FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::int[], %b::timestamptz[], %b::int[],
-                %b::text[], %b::timestamptz[], %b::int[], %b::text[])
-         AS r(name, queue, payload, priority, run_at, max_attempts, key, created_at, version,
-              concurrency_key)
-    ON CONFLICT (key) DO NOTHING
-    RETURNING id, key, queue, run_at
-)
-SELECT id, key{notify} FROM ins
+INSERT INTO doctorjob_job (name, queue, payload, status, priority, run_at, attempts, max_attempts,
+                           key, created_at, version, concurrency_key, worker, error, traceback)
+SELECT r.name, r.queue, r.payload, 'queued', r.priority, r.run_at, 0, r.max_attempts,
+       r.key, r.created_at, r.version, r.concurrency_key, '', '', ''
+FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::int[], %b::timestamptz[], %b::int[],
+            %b::text[], %b::timestamptz[], %b::int[], %b::text[])
+     AS r(name, queue, payload, priority, run_at, max_attempts, key, created_at, version,
+          concurrency_key)
+{conflict}
+RETURNING id, key{notify}
 """
-_NOTIFY = (", (SELECT count(pg_notify('" + CHANNEL + "', q.queue)) FROM "
-           "(SELECT DISTINCT queue FROM ins WHERE run_at <= %s) AS q)")
-
-
+_NOTIFY = ", (SELECT count(pg_notify('" + CHANNEL + "', q)) FROM unnest(%b::text[]) AS q)"
 # The same for the commonest case, one job: plain VALUES plan faster than unnest(), and the
-# NOTIFY rides on the RETURNING row (none is returned, nor sent, when the key already exists).
+# statement is prepared once per connection (see leases.may_prepare).
 _INSERT_ONE = """
 INSERT INTO doctorjob_job (name, queue, payload, status, priority, run_at, attempts, max_attempts,
                            key, created_at, version, concurrency_key, worker, error, traceback)
 VALUES (%s, %s, %s::jsonb, 'queued', %s, %s, 0, %s, %s, %s, %s, %s, '', '', '')
-ON CONFLICT (key) DO NOTHING
+{conflict}
 RETURNING id, key{notify}
 """
 _NOTIFY_ONE = ", pg_notify('" + CHANNEL + "', queue)"
+_CONFLICT = "ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING"  # the partial unique index
 # Compact JSON, with the encoder built once (json.dumps with arguments builds one per call).
 _to_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _write_postgresql(rows: list[Job], alias: str) -> list[Job]:
+    now = timezone.now()
+    conflict = _CONFLICT if any(row.key is not None for row in rows) else ""
     if len(rows) == 1:
         row = rows[0]
-        notify = settings.NOTIFY and row.run_at <= timezone.now()
+        notify = _NOTIFY_ONE if settings.NOTIFY and row.run_at <= now else ""
         params = [row.name, row.queue, _to_json(row.payload), row.priority, row.run_at, row.max_attempts,
                   row.key, row.created_at, row.version, row.concurrency_key]
-        returned = execute(alias, _INSERT_ONE.format(notify=_NOTIFY_ONE if notify else ""), params, prepare=True)
+        returned = execute(alias, _INSERT_ONE.format(conflict=conflict, notify=notify), params, prepare=True)
     else:
-        returned = _insert_many(rows, alias)
+        params = [
+            [r.name for r in rows], [r.queue for r in rows], [_to_json(r.payload) for r in rows],
+            [r.priority for r in rows], [r.run_at for r in rows], [r.max_attempts for r in rows],
+            [r.key for r in rows], [r.created_at for r in rows], [r.version for r in rows],
+            [r.concurrency_key for r in rows],
+        ]
+        queues = sorted({r.queue for r in rows if r.run_at <= now}) if settings.NOTIFY else []
+        if queues:
+            params.append(queues)
+        returned = execute(alias, _INSERT.format(conflict=conflict, notify=_NOTIFY if queues else ""), params)
     by_key = {key: pk for pk, key, *_ in returned if key is not None}
     keyless = iter(pk for pk, key, *_ in returned if key is None)
     for row in rows:
@@ -247,20 +265,6 @@ def _write_postgresql(rows: list[Job], alias: str) -> list[Job]:
         existing = {j.key: j for j in Job.objects.using(alias).filter(key__in=missing)}
         rows = [existing.get(row.key, row) if row.pk is None else row for row in rows]
     return rows
-
-
-def _insert_many(rows: list[Job], alias: str) -> list[tuple[Any, ...]]:
-    notify = settings.NOTIFY
-    params: list[Any] = [
-        [r.name for r in rows], [r.queue for r in rows],
-        [_to_json(r.payload) for r in rows],
-        [r.priority for r in rows], [r.run_at for r in rows], [r.max_attempts for r in rows],
-        [r.key for r in rows], [r.created_at for r in rows], [r.version for r in rows],
-        [r.concurrency_key for r in rows],
-    ]
-    if notify:
-        params.append(timezone.now())
-    return execute(alias, _INSERT.format(notify=_NOTIFY if notify else ""), params)
 
 
 def _write_portable(rows: list[Job], alias: str) -> list[Job]:

@@ -30,6 +30,7 @@ from .exceptions import InvalidPayload, LeaseLost, PermanentError
 from .leases import Claimed
 from .models import Job, JobDefinition, JobExecution, Outcome, QueueState
 from .models import Worker as WorkerRow
+from .outbox import first_non_json
 from .registry import registry
 from .retry import retry_delay
 
@@ -517,9 +518,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _jsonable(result: Any, ctx: JobContext) -> Any:
-    from .outbox import _first_non_json
-
-    problem = _first_non_json(result, "result")
+    problem = first_non_json(result, "result")
     if problem:
         ctx.logger.warning("%s is a %s, not JSON: the result is not saved", problem[0], type(problem[1]).__name__)
         return None

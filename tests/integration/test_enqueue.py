@@ -482,3 +482,75 @@ def test_enqueue_prepares_nothing_behind_pgbouncer_or_when_told_not_to(settings,
         connection.settings_dict.clear()
         connection.settings_dict.update(original)
     assert Job.objects.count() == 1
+
+
+# -- NOTIFY (PostgreSQL) ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def listener():
+    """A connection of its own LISTENing on doctorjob's channel, as a worker's; ``heard()`` returns
+    the queues notified so far (the sender commits before calling it, so they have arrived)."""
+    import psycopg
+
+    settings_dict = connection.settings_dict
+    conn = psycopg.connect(dbname=settings_dict["NAME"], user=settings_dict["USER"], host=settings_dict["HOST"],
+                           port=settings_dict["PORT"] or None, autocommit=True)
+    conn.execute("LISTEN doctorjob")
+
+    def heard() -> list[str]:
+        conn.execute("SELECT 1")  # a round trip collects what has arrived
+        return sorted(n.payload for n in conn.notifies(timeout=0.2))
+
+    yield heard
+    conn.close()
+
+
+@pytest.mark.postgresql
+@transactional
+def test_enqueue_notifies_its_queue_at_commit_only(listener):
+    with transaction.atomic():
+        enqueue("tests.noop", {"n": 1})
+        enqueue("tests.noop", {"n": 2}, queue="emails")
+        assert listener() == [], "nothing is heard of a job before its transaction commits"
+    assert listener() == ["default", "emails"]
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        enqueue("tests.noop", {"n": 3})
+        1 / 0
+    assert listener() == [], "a rolled-back job wakes nobody"
+
+
+@pytest.mark.postgresql
+@transactional
+def test_enqueue_many_notifies_each_queue_with_a_runnable_job_once(listener):
+    enqueue_many([
+        ("tests.noop", {"n": 1}), ("tests.noop", {"n": 2}),
+        {"job": "tests.noop", "queue": "emails"}, {"job": "tests.noop", "queue": "emails"},
+        {"job": "tests.noop", "queue": "later", "delay": 3600},
+    ])
+    assert listener() == ["default", "emails"], "a delayed job wakes nobody now"
+
+
+@pytest.mark.postgresql
+@transactional
+@pytest.mark.parametrize("many", [False, True])
+def test_enqueue_of_a_held_key_notifies_nobody(listener, many):
+    enqueue("tests.noop", key="k1")
+    enqueue("tests.noop", key="k2")
+    listener()
+    if many:
+        enqueue_many([{"job": "tests.noop", "key": "k1"}, {"job": "tests.noop", "key": "k2"}])
+    else:
+        enqueue("tests.noop", key="k1")
+    assert listener() == []
+    assert Job.objects.count() == 2
+
+
+@pytest.mark.postgresql
+@transactional
+def test_notify_setting_off_sends_nothing(listener, settings):
+    settings.DOCTORJOB = {"NOTIFY": False}
+    enqueue("tests.noop")
+    enqueue_many([("tests.noop", {}), ("tests.noop", {})])
+    assert listener() == []
+    assert Job.objects.count() == 3
