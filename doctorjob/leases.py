@@ -44,7 +44,12 @@ def execute(alias: str, sql: str, params: Sequence[Any], *, prepare: bool = Fals
         # whole connection. Lift it for this one statement: the application's own queries are
         # still never prepared, and psycopg keeps its bookkeeping (a rollback deallocates).
         lift = prepare and pg.prepare_threshold is None
-        with connection.wrap_database_errors, psycopg.Cursor(pg) as cursor:
+        # One psycopg cursor per connection, kept: making one costs more than running a
+        # prepared INSERT's Python side.
+        cursor = getattr(connection, "_doctorjob_cursor", None)
+        if cursor is None or cursor.connection is not pg:
+            cursor = connection._doctorjob_cursor = psycopg.Cursor(pg)
+        with connection.wrap_database_errors:
             if lift:
                 pg.prepare_threshold = sys.maxsize
             try:  # binary results: no timestamp text parsing
@@ -52,7 +57,7 @@ def execute(alias: str, sql: str, params: Sequence[Any], *, prepare: bool = Fals
             finally:
                 if lift:
                     pg.prepare_threshold = None
-            return cursor.fetchall() if cursor.description else cursor.rowcount
+            return cursor.fetchall() if cursor.pgresult.nfields else cursor.rowcount
     finally:
         if connection.queries_logged:  # DEBUG, debug toolbars, CaptureQueriesContext see it too
             connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})

@@ -270,6 +270,30 @@ def test_enqueue_many_returns_each_item_its_own_row():
     assert [stored[j.pk] for j in jobs] == [{"n": i} for i in range(50)]
 
 
+FIELDS = ("name", "queue", "payload", "priority", "run_at", "max_attempts", "key", "created_at", "version",
+          "status", "attempts")
+
+
+@pytest.mark.parametrize("varying", [True, False], ids=["options-differ", "options-shared"])
+def test_enqueue_many_stores_every_rows_own_options(varying):
+    """Columns whose value differs between rows and columns every row shares are written
+    differently on PostgreSQL (an array or one value); both must store each row as given."""
+    when = timezone.now() + timedelta(hours=1)
+    items = [{
+        "job": "tests.noop", "payload": {"i": i},
+        "priority": i % 3 if varying else 5, "queue": ("a", "b")[i % 2] if varying else "c",
+        "run_at": when + timedelta(seconds=i if varying else 0), "max_attempts": 1 + i if varying else 9,
+        "key": (f"k{i}" if i % 2 else None) if varying else None,
+    } for i in range(6)]
+    jobs = enqueue_many(items)
+    stored = {j.pk: j for j in Job.objects.all()}
+    assert len(stored) == 6
+    for item, job in zip(items, jobs):
+        assert [getattr(stored[job.pk], f) for f in FIELDS] == [getattr(job, f) for f in FIELDS]
+        assert (job.payload, job.priority, job.queue, job.run_at, job.max_attempts, job.key) == (
+            item["payload"], item["priority"], item["queue"], item["run_at"], item["max_attempts"], item["key"])
+
+
 def test_enqueue_many_without_keys_is_one_insert(count_inserts):
     with count_inserts() as inserts:
         enqueue_many([("tests.noop", {"n": i}) for i in range(20)])
