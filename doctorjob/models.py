@@ -47,8 +47,9 @@ class Job(models.Model):
 
     class Meta:
         # Every status change is a non-HOT update that adds the new row version to each index
-        # whose predicate it matches, so indexes are partial wherever a query allows: a running
-        # row enters 3 indexes (pk, key, lease), a succeeded one 3 (pk, key, retention).
+        # whose predicate it matches, so indexes are partial wherever a query allows: a queued
+        # job without a key enters 3 indexes (pk, the two claim indexes), a running one 2 (pk,
+        # lease), a succeeded one 2 (pk, retention); a key adds the key index to each.
         constraints = [
             # Idempotency keys. Partial, so that the many jobs without a key stay out of it, and
             # a constraint rather than unique=True, which on PostgreSQL adds a LIKE-pattern index

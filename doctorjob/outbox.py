@@ -3,6 +3,7 @@ connection, inside the caller's transaction (never ``on_commit``): the job commi
 caller's data or not at all."""
 from __future__ import annotations
 
+import gc
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -53,20 +54,29 @@ def enqueue_many(items: Iterable[Any], *, using: str | None = None) -> list[Job]
     validated before anything is written.
     """
     now, rows = timezone.now(), []
-    for index, item in enumerate(items):
-        if isinstance(item, (tuple, list)) and len(item) == 2:
-            rows.append(build_job(item[0], item[1], now=now))
-        elif isinstance(item, Mapping):
-            unknown = set(item) - _ENQUEUE_ARGS
-            if unknown or "job" not in item:
-                problem = f"unknown key(s) {sorted(unknown)}" if unknown else "no 'job' key"
-                raise InvalidEnqueue(f"enqueue_many item {index}: {problem}")
-            kwargs = dict(item)
-            rows.append(build_job(kwargs.pop("job"), kwargs.pop("payload", None), now=now, **kwargs))
-        else:
-            raise InvalidEnqueue(
-                f"enqueue_many item {index}: expected a (job, payload) pair or a dict, got {item!r:.80}"
-            )
+    # Tens of thousands of new Job objects make the cyclic garbage collector sweep the whole heap
+    # several times over (a third of the time spent building 50,000 jobs); they form no cycles,
+    # so it waits until they are built. Only this loop: the INSERT may wait on a lock.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for index, item in enumerate(items):
+            if isinstance(item, (tuple, list)) and len(item) == 2:
+                rows.append(build_job(item[0], item[1], now=now))
+            elif isinstance(item, Mapping):
+                unknown = set(item) - _ENQUEUE_ARGS
+                if unknown or "job" not in item:
+                    problem = f"unknown key(s) {sorted(unknown)}" if unknown else "no 'job' key"
+                    raise InvalidEnqueue(f"enqueue_many item {index}: {problem}")
+                kwargs = dict(item)
+                rows.append(build_job(kwargs.pop("job"), kwargs.pop("payload", None), now=now, **kwargs))
+            else:
+                raise InvalidEnqueue(
+                    f"enqueue_many item {index}: expected a (job, payload) pair or a dict, got {item!r:.80}"
+                )
+    finally:
+        if collecting:
+            gc.enable()
     return _write(rows, using) if rows else []
 
 

@@ -294,6 +294,24 @@ def test_enqueue_many_stores_every_rows_own_options(varying):
             item["payload"], item["priority"], item["queue"], item["run_at"], item["max_attempts"], item["key"])
 
 
+@pytest.mark.parametrize("bad", [False, True], ids=["written", "refused"])
+@pytest.mark.parametrize("was_enabled", [True, False])
+def test_enqueue_many_leaves_the_garbage_collector_as_it_found_it(bad, was_enabled):
+    import gc
+
+    items = [("tests.noop", {"n": 1}), ("tests.noop", {"n": object()} if bad else {})]
+    (gc.enable if was_enabled else gc.disable)()
+    try:
+        if bad:
+            with pytest.raises(InvalidPayload):
+                enqueue_many(items)
+        else:
+            enqueue_many(items)
+        assert gc.isenabled() is was_enabled
+    finally:
+        gc.enable()
+
+
 def test_enqueue_many_without_keys_is_one_insert(count_inserts):
     with count_inserts() as inserts:
         enqueue_many([("tests.noop", {"n": i}) for i in range(20)])
