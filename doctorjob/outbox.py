@@ -7,8 +7,8 @@ import gc
 import json
 import math
 from collections.abc import Iterable, Mapping
-from operator import attrgetter
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from django.db import IntegrityError, connections, router, transaction
