@@ -132,12 +132,11 @@ class Worker:
                    for i in range(self.concurrency)]
         for thread in threads:
             thread.start()
-        listener = self._start_listener()
+        wakeup = self._start_listener()
         logger.info(
             "worker started worker=%s queues=%s concurrency=%s batch_size=%s lease=%ss wakeup=%s",
             self.id, ",".join(self.queues) if self.queues else "*", self.concurrency, self.batch_size,
-            self.lease, f"LISTEN/NOTIFY + poll every {self.poll_interval}s" if listener
-            else f"poll every {self.poll_interval}s",
+            self.lease, wakeup,
         )
         try:
             self._loop()
@@ -468,16 +467,24 @@ class Worker:
 
     # -- LISTEN/NOTIFY --------------------------------------------------------------------------
 
-    def _start_listener(self) -> bool:
+    def _start_listener(self) -> str:
+        """LISTEN where it can work, and say how this worker wakes up (for the start-up banner)."""
+        poll = f"poll every {self.poll_interval}s"
         alias = settings.LISTEN_DATABASE
         if alias is False:
-            return False
-        alias = alias or self.alias
+            return poll
+        if alias is None:
+            alias = self.alias
+            if connections[alias].settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"):
+                # Django's switch for a transaction pooler, where a LISTEN lasts one transaction
+                # on whichever server connection ran it, and hears nothing after.
+                return (f"{poll} (no LISTEN through the pooler of '{alias}', which sets "
+                        "DISABLE_SERVER_SIDE_CURSORS; DOCTORJOB['LISTEN_DATABASE'] can name a direct alias)")
         if connections[alias].vendor != "postgresql":
-            return False
+            return poll
         params = connections[alias].get_connection_params()
         threading.Thread(target=self._listen, args=(params,), name="doctorjob-listen", daemon=True).start()
-        return True
+        return f"LISTEN/NOTIFY on '{alias}' + {poll}"
 
     def _listen(self, params: dict[str, Any]) -> None:
         """Wake the main loop when a NOTIFY for one of our queues arrives; polling stays the

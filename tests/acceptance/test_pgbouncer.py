@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from doctorjob.models import Job
+from doctorjob.models import Job, JobExecution, Outcome, Status
 
 from .helpers import ROOT, wait_for, worker_database_url, worker_env
 
@@ -98,11 +98,16 @@ with override_settings(DOCTORJOB={"PREPARE": True} if sys.argv[2] == "prepare" e
 """
 
 
-def client(port: int, name: str, jobs: int, *, prepare: bool = False) -> subprocess.CompletedProcess[str]:
+def pooled_url(port: int) -> str:
+    """The test database through PgBouncer, as Django is told to use it behind a transaction pooler."""
     url = worker_database_url().replace(f":{connection.settings_dict['PORT'] or 5432}/", f":{port}/", 1)
+    return f"{url}?disable_server_side_cursors=True"
+
+
+def client(port: int, name: str, jobs: int, *, prepare: bool = False) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", CLIENT, name, "prepare" if prepare else "default", str(jobs)], cwd=ROOT,
-        env=worker_env(f"{url}?disable_server_side_cursors=True"), capture_output=True, text=True, timeout=60,
+        env=worker_env(pooled_url(port)), capture_output=True, text=True, timeout=60,
     )
 
 
@@ -123,3 +128,16 @@ def test_a_prepared_insert_breaks_behind_a_transaction_pooler(pgbouncer):
     assert done.returncode != 0
     assert "prepared statement" in done.stderr and "already exists" in done.stderr
     assert [p["via"] for p in Job.objects.values_list("payload", flat=True)] == ["first"]
+
+
+def test_a_worker_behind_the_pooler_polls_says_so_and_runs_every_job_once(pgbouncer, workers):
+    worker = workers("--poll-interval", "0.2", "--concurrency", "2", database_url=pooled_url(pgbouncer))
+    assert ("wakeup=poll every 0.2s (no LISTEN through the pooler of 'default', which sets "
+            "DISABLE_SERVER_SIDE_CURSORS") in worker.output()
+
+    done = client(pgbouncer, "first", 30)
+
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: Job.objects.filter(status=Status.SUCCEEDED).count() == 30, timeout=30,
+             message=lambda: f"30 jobs to succeed:\n{worker.output()}")
+    assert sorted(JobExecution.objects.values_list("attempt", "outcome")) == [(1, Outcome.SUCCEEDED)] * 30
