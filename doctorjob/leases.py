@@ -63,15 +63,17 @@ def execute(alias: str, sql: str, params: Sequence[Any], *, prepare: bool = Fals
             connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
 
 
+def behind_pooler(connection) -> bool:
+    """Whether the database is reached through a transaction pooler (PgBouncer in transaction
+    mode), as Django is told with DISABLE_SERVER_SIDE_CURSORS: session state, such as a prepared
+    statement or a LISTEN, then lasts one transaction on whichever server connection ran it."""
+    return bool(connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"))
+
+
 def may_prepare(connection) -> bool:
     """Whether doctorjob may keep prepared statements on this PostgreSQL connection:
-    DOCTORJOB["PREPARE"], or by default unless the database sets DISABLE_SERVER_SIDE_CURSORS,
-    Django's switch for PgBouncer in transaction pooling mode (where a statement prepared in
-    one transaction may be missing in the next, on another server connection)."""
-    prepare = settings.PREPARE
-    if prepare is None:
-        return not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS", False)
-    return prepare
+    DOCTORJOB["PREPARE"], by default yes unless it is behind a transaction pooler."""
+    return not behind_pooler(connection) if settings.PREPARE is None else settings.PREPARE
 
 
 @dataclass(frozen=True)

@@ -248,11 +248,11 @@ _payload = attrgetter("payload")
 
 
 def _write_postgresql(rows: list[Job], alias: str) -> list[Job]:
-    now = timezone.now()
+    # A job wakes workers if it is runnable when enqueued (created_at), not if delayed.
     conflict = _CONFLICT if any(row.key is not None for row in rows) else ""
     if len(rows) == 1:
         row = rows[0]
-        notify = _NOTIFY_ONE if settings.NOTIFY and row.run_at <= now else ""
+        notify = _NOTIFY_ONE if settings.NOTIFY and row.run_at <= row.created_at else ""
         params = [row.name, row.queue, _to_json(row.payload), row.priority, row.run_at, row.max_attempts,
                   row.key, row.created_at, row.version, row.concurrency_key]
         returned = execute(alias, _INSERT_ONE.format(conflict=conflict, notify=notify), params, prepare=True)
@@ -267,18 +267,19 @@ def _write_postgresql(rows: list[Job], alias: str) -> list[Job]:
                 values.append(f"r.{name}")
                 arrays, names = f"{arrays}, %b::{sql_type}[]", f"{names}, {name}"
                 columns.append(column)
-        queues = sorted({r.queue for r in rows if r.run_at <= now}) if settings.NOTIFY else []
+        queues = sorted({r.queue for r in rows if r.run_at <= r.created_at}) if settings.NOTIFY else []
         sql = _INSERT.format(values=", ".join(values), arrays=arrays, names=names, conflict=conflict,
                              notify=_NOTIFY if queues else "")
         returned = execute(alias, sql, [*scalars, *columns, *([queues] if queues else [])])
-    if conflict:
-        by_key = {key: pk for pk, key, *_ in returned if key is not None}
-        keyless = iter(pk for pk, key, *_ in returned if key is None)
-        pks = [by_key.get(row.key) if row.key is not None else next(keyless) for row in rows]
-    else:  # nothing can conflict: one row back per job, in order
-        pks = [returned_row[0] for returned_row in returned]
-    for row, pk in zip(rows, pks):
-        row.id, row._state.adding, row._state.db = pk, False, alias
+    if not conflict:  # nothing could conflict: one row back per job, in order
+        for row, returned_row in zip(rows, returned):
+            row.id, row._state.adding, row._state.db = returned_row[0], False, alias
+        return rows
+    by_key = {key: pk for pk, key, *_ in returned if key is not None}
+    keyless = iter(pk for pk, key, *_ in returned if key is None)
+    for row in rows:
+        row.id = by_key.get(row.key) if row.key is not None else next(keyless)
+        row._state.adding, row._state.db = False, alias
     missing = {row.key for row in rows if row.id is None}
     if missing:  # keys already held by committed jobs: hand those back
         existing = {j.key: j for j in Job.objects.using(alias).filter(key__in=missing)}

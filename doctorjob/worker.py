@@ -475,9 +475,7 @@ class Worker:
             return poll
         if alias is None:
             alias = self.alias
-            if connections[alias].settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"):
-                # Django's switch for a transaction pooler, where a LISTEN lasts one transaction
-                # on whichever server connection ran it, and hears nothing after.
+            if leases.behind_pooler(connections[alias]):  # a LISTEN there hears nothing after its transaction
                 return (f"{poll} (no LISTEN through the pooler of '{alias}', which sets "
                         "DISABLE_SERVER_SIDE_CURSORS; DOCTORJOB['LISTEN_DATABASE'] can name a direct alias)")
         if connections[alias].vendor != "postgresql":
