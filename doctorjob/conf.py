@@ -36,33 +36,27 @@ DEFAULTS: dict[str, Any] = {
 
 
 class Settings:
-    """Attribute access to DOCTORJOB settings with defaults; cached until settings change."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, Any] | None = None
+    """Attribute access to DOCTORJOB settings with defaults. Once read, the values are plain
+    instance attributes (enqueue reads several per call), until settings change."""
 
     @property
     def user_settings(self) -> dict[str, Any]:
         value = getattr(django_settings, "DOCTORJOB", {})
         return value if isinstance(value, dict) else {}
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # only for attributes not loaded yet
         if name not in DEFAULTS:
             raise AttributeError(name)
-        if self._cache is None:
-            merged = dict(DEFAULTS)
-            merged.update(self.user_settings)
-            backoff = dict(DEFAULTS["BACKOFF"])
-            user_backoff = self.user_settings.get("BACKOFF")
-            if isinstance(user_backoff, dict):
-                backoff.update(user_backoff)
-            merged["BACKOFF"] = backoff
-            self._cache = merged
-        return self._cache[name]
+        merged = {**DEFAULTS, **self.user_settings}
+        user_backoff = self.user_settings.get("BACKOFF")
+        merged["BACKOFF"] = {**DEFAULTS["BACKOFF"], **(user_backoff if isinstance(user_backoff, dict) else {})}
+        self.__dict__.update((key, merged[key]) for key in DEFAULTS)
+        return merged[name]
 
     def reset(self, **kwargs: Any) -> None:
         if kwargs.get("setting") in (None, "DOCTORJOB"):
-            self._cache = None
+            for name in DEFAULTS:
+                self.__dict__.pop(name, None)
 
 
 settings = Settings()

@@ -26,15 +26,12 @@ from .models import DeadLetter, Job, JobExecution, Outcome, Status, Worker
 WORKER_LOST = "worker lost: its lease expired before the job finished"
 
 
-def execute(alias: str, sql: str, params: Sequence[Any], *, prepare: bool = False) -> list[tuple[Any, ...]] | int:
+def execute(connection, sql: str, params: Sequence[Any], *, prepare: bool = False) -> list[tuple[Any, ...]] | int:
     """Run one of the hot PostgreSQL statements with server-side binding: arrays travel as
     binary parameters instead of being quoted into the SQL text by Django's client-side cursor.
     With ``prepare`` the statement is parsed and planned once per connection (see
     ``may_prepare``). Returns the rows, or the row count for a statement that returns none.
     Errors surface as Django's database exceptions, inside or outside ``atomic()``."""
-    import psycopg
-
-    connection = connections[alias]
     connection.ensure_connection()
     started = time.monotonic()
     pg = connection.connection
@@ -48,6 +45,8 @@ def execute(alias: str, sql: str, params: Sequence[Any], *, prepare: bool = Fals
         # prepared INSERT's Python side.
         cursor = getattr(connection, "_doctorjob_cursor", None)
         if cursor is None or cursor.connection is not pg:
+            import psycopg  # only PostgreSQL installs have it
+
             cursor = connection._doctorjob_cursor = psycopg.Cursor(pg)
         with connection.wrap_database_errors:
             if lift:
@@ -151,7 +150,7 @@ def claim(
                 filters.append(f"AND {column} <> ALL(%s)")
                 params.append(list(values))
         params.append(limit)
-        rows = execute(alias, _CLAIM.format(filters=" ".join(filters)), params)
+        rows = execute(connection, _CLAIM.format(filters=" ".join(filters)), params)
         rows.sort(key=lambda r: (-r[6], r[11], r[0]))  # the claim order: handlers run them in it
         return [_claimed(row, lease_id) for row in rows]
 
@@ -303,7 +302,7 @@ def succeed(alias: str, done: Sequence[tuple[Claimed, Any, datetime, float]], wo
     if connection.vendor == "postgresql":
         params = [[j.id for j, *_ in done], [j.lease_id for j, *_ in done], [d[2] for d in done],
                   [None if d[1] is None else json.dumps(d[1]) for d in done], [d[3] for d in done], worker]
-        return [row[0] for row in execute(alias, _SUCCEED, params)]
+        return [row[0] for row in execute(connection, _SUCCEED, params)]
     ours = []
     with transaction.atomic(using=alias):
         for job, result, at, duration in done:

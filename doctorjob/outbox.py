@@ -201,13 +201,14 @@ def _first_non_json(value: Any) -> tuple[list[str], Any] | None:
 
 def _write(rows: list[Job], using: str | None) -> list[Job]:
     alias = using or router.db_for_write(Job)
-    if settings.REQUIRE_TRANSACTION and transaction.get_autocommit(alias):
+    connection = connections[alias]
+    if settings.REQUIRE_TRANSACTION and connection.get_autocommit():
         raise TransactionRequired(
             "enqueue() needs a transaction: call it inside transaction.atomic() "
             "(DOCTORJOB['REQUIRE_TRANSACTION'] is on)"
         )
-    if connections[alias].vendor == "postgresql":
-        return _write_postgresql(rows, alias)
+    if connection.vendor == "postgresql":
+        return _write_postgresql(rows, connection)
     return _write_portable(rows, alias)
 
 
@@ -231,31 +232,30 @@ _COLUMNS = (("name", "text"), ("queue", "text"), ("priority", "int"), ("run_at",
             ("max_attempts", "int"), ("key", "text"), ("created_at", "timestamptz"), ("version", "int"),
             ("concurrency_key", "text"))
 _NOTIFY = ", (SELECT count(pg_notify('" + CHANNEL + "', q)) FROM unnest(%b::text[]) AS q)"
+_CONFLICT = "ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING"  # the partial unique index
 # The same for the commonest case, one job: plain VALUES plan faster than unnest(), and the
-# statement is prepared once per connection (see leases.may_prepare).
-_INSERT_ONE = """
+# statement is prepared once per connection (see leases.may_prepare). By (key given, NOTIFY).
+_INSERT_ONE = {(keyed, notify): f"""
 INSERT INTO doctorjob_job (name, queue, payload, status, priority, run_at, attempts, max_attempts,
                            key, created_at, version, concurrency_key, worker, error, traceback)
 VALUES (%s, %s, %s::jsonb, 'queued', %s, %s, 0, %s, %s, %s, %s, %s, '', '', '')
-{conflict}
-RETURNING id, key{notify}
-"""
-_NOTIFY_ONE = ", pg_notify('" + CHANNEL + "', queue)"
-_CONFLICT = "ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING"  # the partial unique index
+{_CONFLICT if keyed else ""}
+RETURNING id, key{", pg_notify('" + CHANNEL + "', queue)" if notify else ""}
+""" for keyed in (False, True) for notify in (False, True)}
 # Compact JSON, with the encoder built once (json.dumps with arguments builds one per call).
 _to_json = json.JSONEncoder(separators=(",", ":")).encode
 _payload = attrgetter("payload")
 
 
-def _write_postgresql(rows: list[Job], alias: str) -> list[Job]:
+def _write_postgresql(rows: list[Job], connection) -> list[Job]:
     # A job wakes workers if it is runnable when enqueued (created_at), not if delayed.
-    conflict = _CONFLICT if any(row.key is not None for row in rows) else ""
+    keyed = any(row.key is not None for row in rows)
     if len(rows) == 1:
         row = rows[0]
-        notify = _NOTIFY_ONE if settings.NOTIFY and row.run_at <= row.created_at else ""
         params = [row.name, row.queue, _to_json(row.payload), row.priority, row.run_at, row.max_attempts,
                   row.key, row.created_at, row.version, row.concurrency_key]
-        returned = execute(alias, _INSERT_ONE.format(conflict=conflict, notify=notify), params, prepare=True)
+        sql = _INSERT_ONE[keyed, settings.NOTIFY and row.run_at <= row.created_at]
+        returned = execute(connection, sql, params, prepare=True)
     else:
         values, scalars, arrays, names, columns = [], [], "", "", [[*map(_to_json, map(_payload, rows))]]
         for name, sql_type in _COLUMNS:
@@ -268,10 +268,11 @@ def _write_postgresql(rows: list[Job], alias: str) -> list[Job]:
                 arrays, names = f"{arrays}, %b::{sql_type}[]", f"{names}, {name}"
                 columns.append(column)
         queues = sorted({r.queue for r in rows if r.run_at <= r.created_at}) if settings.NOTIFY else []
-        sql = _INSERT.format(values=", ".join(values), arrays=arrays, names=names, conflict=conflict,
+        sql = _INSERT.format(values=", ".join(values), arrays=arrays, names=names, conflict=_CONFLICT if keyed else "",
                              notify=_NOTIFY if queues else "")
-        returned = execute(alias, sql, [*scalars, *columns, *([queues] if queues else [])])
-    if not conflict:  # nothing could conflict: one row back per job, in order
+        returned = execute(connection, sql, [*scalars, *columns, *([queues] if queues else [])])
+    alias = connection.alias
+    if not keyed:  # nothing could conflict: one row back per job, in order
         for row, returned_row in zip(rows, returned):
             row.id, row._state.adding, row._state.db = returned_row[0], False, alias
         return rows
