@@ -20,6 +20,7 @@ from doctorjob import (
     enqueue,
     enqueue_many,
 )
+from doctorjob import outbox
 from doctorjob.models import Job, Status
 from tests.testapp.jobs import noop
 from tests.testapp.models import Client
@@ -339,6 +340,26 @@ def test_enqueue_many_writes_70000_jobs_in_one_insert_despite_the_parameter_limi
     last = jobs[-1]
     assert Job.objects.get(pk=last.pk).payload == {"n": 69_999}
 
+@pytest.mark.postgresql
+def test_enqueue_many_writes_a_batch_too_big_for_one_jsonb_in_parts(count_inserts, monkeypatch):
+    """The payloads travel as one JSON document, which PostgreSQL caps at 256 MiB: past
+    BATCH_JSON_LIMIT the batch is written in halves, every job once and in order, keys held."""
+    monkeypatch.setattr(outbox, "BATCH_JSON_LIMIT", 60)  # about five {"n":…} payloads
+    items = [{"job": "tests.noop", "payload": {"n": i}, "key": f"k{i % 9}" if i % 2 else None} for i in range(24)]
+    with count_inserts() as inserts:
+        jobs = enqueue_many(items)
+    assert inserts() > 1
+    first_use = {}
+    for item in items:
+        if item["key"]:
+            first_use.setdefault(item["key"], item["payload"])
+    expected = [first_use[item["key"]] if item["key"] else item["payload"] for item in items]
+    assert [j.payload for j in jobs] == expected, "a repeated key returns the job its first use wrote"
+    stored = {j.pk: (j.key, j.payload) for j in Job.objects.all()}
+    assert len(stored) == 12 + 9
+    assert all(stored[j.pk] == (j.key, j.payload) for j in jobs)
+
+
 
 def test_enqueue_many_with_mixed_keys_returns_existing_jobs_for_held_keys():
     held = enqueue("tests.noop", {"n": "held"}, key="held")
@@ -354,6 +375,7 @@ def test_enqueue_many_with_mixed_keys_returns_existing_jobs_for_held_keys():
     assert len({j.pk for j in jobs}) == 4
     stored = dict(Job.objects.values_list("pk", "payload"))
     assert [stored[j.pk] for j in jobs] == [{"n": 0}, {"n": "held"}, {"n": 2}, {"n": 3}, {"n": 2}]
+    assert [j.payload for j in jobs] == [stored[j.pk] for j in jobs], "each job returned is the one stored"
     assert Job.objects.count() == 4
 
 
