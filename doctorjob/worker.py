@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from . import definitions, leases, schedule
@@ -409,6 +410,9 @@ class Worker:
     # -- handler threads ------------------------------------------------------------------------
 
     def _handler_thread(self) -> None:
+        # This thread's connection objects, made once (unconnected until a handler uses one):
+        # looking them up through `connections` after every job costs more than a no-op job.
+        own = connections.all()
         while True:
             job = self._todo.get()
             if job is None:
@@ -417,7 +421,7 @@ class Worker:
             if self._stopping.is_set() and self.shutdown_timeout == 0:
                 continue
             outcome = self._execute(job)
-            _tidy_connections()
+            _tidy_connections(own)
             self._done.put(outcome)
             # Wake the main thread only when it has work: claiming more (the queue of waiting
             # jobs runs low) or saving outcomes in bulk; otherwise it saves them on its timer.
@@ -508,14 +512,15 @@ class Worker:
                 pause = min(pause * 2, 10.0)
 
 
-def _tidy_connections() -> None:
+def _tidy_connections(own: Sequence[BaseDatabaseWrapper]) -> None:
     """Between jobs, as between requests: close connections that are broken or past
     CONN_MAX_AGE, and health-check the survivors on their next use, whatever
     CONN_HEALTH_CHECKS says: a persistent connection may die while idle (database restart,
     pg_terminate_backend) and the next job should not pay an attempt for it."""
-    for conn in connections.all(initialized_only=True):
-        conn.close_if_unusable_or_obsolete()
-        conn.health_check_enabled = True
+    for conn in own:
+        if conn.connection is not None:
+            conn.close_if_unusable_or_obsolete()
+            conn.health_check_enabled = True
 
 
 def _describe(exc: BaseException) -> str:

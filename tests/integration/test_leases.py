@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -110,6 +111,36 @@ def test_claim_takes_no_jobs_in_other_states():
     JobFactory(dead=True)
     JobFactory(cancelled=True)
     assert claim() == []
+
+
+@pytest.mark.postgresql
+@pytest.mark.django_db(transaction=True, available_apps=["doctorjob", "tests.testapp"])
+def test_the_claim_reads_jobs_in_index_order_whatever_the_statistics_say():
+    """On a table the planner has no statistics for (a new one, as after a first migrate), it
+    scans and sorts the whole runnable backlog to claim a batch; the claim's planner settings
+    keep it on the ordered index, for that statement only."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        if not cursor.fetchone()[0]:
+            pytest.skip("clearing the planner's statistics needs a superuser")
+        cursor.execute("TRUNCATE doctorjob_job CASCADE")
+        cursor.execute("DELETE FROM pg_statistic WHERE starelid = 'doctorjob_job'::regclass")
+    enqueue_many_noop(20_000)
+    now = timezone.now()
+    explain = "EXPLAIN " + leases._CLAIM.format(filters="")
+    params = [uuid.uuid4(), "w", now, now, now, 100]
+
+    def plan(**planner) -> str:
+        return "\n".join(row[0] for row in leases.execute(connection, explain, params, **planner))
+
+    assert "Sort" in plan(), "left to the statistics, the claim sorts the backlog"
+    guided = plan(planner=leases._CLAIM_PLANNER)
+    assert "Index Scan using doctorjob_job_claim_any" in guided and "Sort" not in guided
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('enable_sort'), current_setting('enable_bitmapscan')")
+        assert cursor.fetchone() == ("on", "on"), "the settings lasted for the claim only"
+    with transaction.atomic():  # there they would last until the block ends: not applied
+        assert "Sort" in plan(planner=leases._CLAIM_PLANNER)
 
 
 @pytest.mark.postgresql
