@@ -32,9 +32,10 @@ def execute(
     binary parameters instead of being quoted into the SQL text by Django's client-side cursor.
     With ``prepare`` the statement is parsed and planned once per connection (see
     ``may_prepare``). ``planner`` is a statement of ``set_config(name, value, true)`` calls
-    that applies to this statement only, outside ``atomic()``. Returns the rows (always, with ``planner``), or the
-    row count for a statement that returns none. Errors surface as Django's database
-    exceptions, inside or outside ``atomic()``."""
+    for this statement only; it is left out inside ``atomic()`` (it would last until the block
+    ends) and with a libpq older than 14 (no pipeline). Returns the rows, or the row count for
+    a statement that returns none. Errors surface as Django's database exceptions, inside or
+    outside ``atomic()``."""
     import psycopg  # only PostgreSQL installs have it
 
     connection.ensure_connection()
@@ -58,7 +59,6 @@ def execute(
                 if planner and not connection.in_atomic_block and psycopg.Pipeline.is_supported():
                     # Both statements before one Sync: one round trip and one implicit
                     # transaction, which the planner settings (set_config(..., true)) last for.
-                    # (Inside atomic() they would last until its end: not applied there.)
                     with pg.pipeline():
                         cursor.execute(planner)
                         cursor.execute(sql, params, binary=True)
@@ -115,10 +115,11 @@ _COLUMNS = ("id", "name", "queue", "payload", "attempts", "max_attempts", "prior
 # not a lock, says who owns the job. The status check is re-evaluated on the locked row, so a
 # job changed by a concurrent transaction is never claimed twice.
 #
-# The planner is told to use an index that returns jobs in claim order (enable_sort and
-# enable_bitmapscan off, for this statement only). Left to its statistics, it scans and sorts
-# the whole runnable backlog whenever they say few jobs are queued: on a new table, or on one
-# whose last ANALYZE saw mostly finished jobs, just when a burst makes the backlog large.
+# The planner is told to read an index that returns jobs in claim order (enable_sort and
+# enable_bitmapscan off, for this statement only). Without statistics (a new table, until
+# autovacuum first analyses it: a fresh install's first burst) it otherwise guesses that few
+# jobs match and picks a bitmap scan and a sort of the whole runnable backlog, for every batch:
+# 28 ms instead of 7 to claim 500 of 40,000 jobs.
 _CLAIM_PLANNER = "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)"
 _CLAIM = """
 UPDATE doctorjob_job AS j

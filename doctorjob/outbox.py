@@ -226,7 +226,8 @@ def _write(rows: list[Job], using: str | None) -> list[Job]:
 # cannot see, and it is sent once per queue, only if a row was inserted (the subquery runs once,
 # for the first row returned). With idempotency keys, ON CONFLICT (key) DO NOTHING makes a
 # duplicate key a no-op instead of an error that would abort the caller's transaction; without
-# keys nothing can conflict.
+# keys nothing can conflict. The ids come back in insertion order, as Django's bulk_create()
+# relies on RETURNING doing on PostgreSQL.
 _INSERT = """
 WITH inserted AS (
     INSERT INTO doctorjob_job (payload, name, queue, priority, run_at, max_attempts, key, created_at,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
@@ -412,7 +413,12 @@ class Worker:
     def _handler_thread(self) -> None:
         # This thread's connection objects, made once (unconnected until a handler uses one):
         # looking them up through `connections` after every job costs more than a no-op job.
-        own = connections.all()
+        own = []
+        for alias in connections:
+            try:
+                own.append(connections[alias])
+            except ImproperlyConfigured:  # its backend cannot load: no handler can use it either
+                pass
         while True:
             job = self._todo.get()
             if job is None:
