@@ -47,8 +47,9 @@ class Settings:
     def __getattr__(self, name: str) -> Any:  # only for attributes not loaded yet
         if name not in DEFAULTS:
             raise AttributeError(name)
-        merged = {**DEFAULTS, **self.user_settings}
-        user_backoff = self.user_settings.get("BACKOFF")
+        user = self.user_settings
+        merged = {**DEFAULTS, **user}
+        user_backoff = user.get("BACKOFF")
         merged["BACKOFF"] = {**DEFAULTS["BACKOFF"], **(user_backoff if isinstance(user_backoff, dict) else {})}
         self.__dict__.update((key, merged[key]) for key in DEFAULTS)
         return merged[name]

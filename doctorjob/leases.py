@@ -53,17 +53,16 @@ def execute(
         if cursor is None or cursor.connection is not pg:
             cursor = connection._doctorjob_cursor = psycopg.Cursor(pg)
         with connection.wrap_database_errors:
+            if planner and not connection.in_atomic_block and psycopg.Pipeline.is_supported():
+                # Both statements before one Sync: one round trip and one implicit
+                # transaction, which the planner settings (set_config(..., true)) last for.
+                with pg.pipeline():
+                    cursor.execute(planner)
+                    cursor.execute(sql, params, binary=True)
+                    return cursor.fetchall()
             if lift:
                 pg.prepare_threshold = sys.maxsize
-            try:
-                if planner and not connection.in_atomic_block and psycopg.Pipeline.is_supported():
-                    # Both statements before one Sync: one round trip and one implicit
-                    # transaction, which the planner settings (set_config(..., true)) last for.
-                    with pg.pipeline():
-                        cursor.execute(planner)
-                        cursor.execute(sql, params, binary=True)
-                        return cursor.fetchall()
-                # binary results: no timestamp text parsing
+            try:  # binary results: no timestamp text parsing
                 cursor.execute(sql, params, binary=True, prepare=prepare or None)
             finally:
                 if lift:

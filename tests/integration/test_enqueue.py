@@ -340,6 +340,7 @@ def test_enqueue_many_writes_70000_jobs_in_one_insert_despite_the_parameter_limi
     last = jobs[-1]
     assert Job.objects.get(pk=last.pk).payload == {"n": 69_999}
 
+
 @pytest.mark.postgresql
 def test_enqueue_many_writes_a_batch_too_big_for_one_jsonb_in_parts(count_inserts, monkeypatch):
     """The payloads travel as one JSON document, which PostgreSQL caps at 256 MiB: past
@@ -358,7 +359,6 @@ def test_enqueue_many_writes_a_batch_too_big_for_one_jsonb_in_parts(count_insert
     stored = {j.pk: (j.key, j.payload) for j in Job.objects.all()}
     assert len(stored) == 12 + 9
     assert all(stored[j.pk] == (j.key, j.payload) for j in jobs)
-
 
 
 def test_enqueue_many_with_mixed_keys_returns_existing_jobs_for_held_keys():
