@@ -341,7 +341,8 @@ RETURNING job_id
 def succeed(alias: str, done: Sequence[tuple[Claimed, Any, datetime, float]], worker: str) -> list[int]:
     """Mark jobs succeeded (each only if its lease is still ours) and record their executions.
 
-    ``done`` holds (job, result, finished_at, duration in seconds). Returns the ids that were ours.
+    ``done`` holds (job, result, finished_at, duration in seconds). Returns the ids that were ours,
+    in no particular order.
     """
     if not done:
         return []
