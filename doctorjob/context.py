@@ -21,8 +21,8 @@ class JobLogger(logging.LoggerAdapter):
 
 @dataclass
 class JobContext:
-    """What a handler knows about the attempt it runs. One per attempt, made for every job a
-    worker runs: not frozen, whose ``__init__`` costs six times as much (2.5 µs)."""
+    """What a handler knows about the attempt it runs. A worker makes one for every job: a
+    frozen dataclass would cost six times as much to build (2.5 µs instead of 0.4)."""
 
     job_id: int
     name: str
