@@ -66,6 +66,15 @@ def test_claim_returns_each_payload_as_it_was_enqueued():
     assert [claimed[job.pk] for job in jobs] == payloads
 
 
+def test_the_payload_loader_reads_jsonb_from_bytes_and_memoryview_and_refuses_other_versions():
+    psycopg = pytest.importorskip("psycopg")
+    load = leases._jsonb_loader()(3802).load  # 3802: jsonb
+    document = b'\x01{"text": "zo\xc3\xab", "n": [1, 2.5, null]}'
+    assert load(document) == load(memoryview(document)) == {"text": "zoë", "n": [1, 2.5, None]}
+    with pytest.raises(psycopg.DataError, match="unknown jsonb binary format: 2"):
+        load(b'\x02{}')
+
+
 def test_claim_counts_the_attempt_each_time():
     job = enqueue("tests.noop")
     Job.objects.filter(pk=job.pk).update(attempts=2)
