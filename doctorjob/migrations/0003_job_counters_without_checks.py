@@ -1,5 +1,5 @@
 """Job's counters lose their CHECK (>= 0) constraints, which PostgreSQL rebuilds from their
-stored text for every INSERT (7 µs of the database's CPU per enqueue()). On PostgreSQL and
+stored text for every INSERT (7–10 µs of the database's CPU per enqueue()). On PostgreSQL and
 SQLite the column type stays integer; on MySQL/MariaDB it goes from unsigned to signed, which
 rebuilds the table there."""
 
