@@ -1,7 +1,8 @@
 """Job's counters lose their CHECK (>= 0) constraints, which PostgreSQL rebuilds from their
-stored text for every INSERT (7–10 µs of the database's CPU per enqueue()). On PostgreSQL and
-SQLite the column type stays integer; on MySQL/MariaDB it goes from unsigned to signed, which
-rebuilds the table there."""
+stored text for every INSERT (7–10 µs of the database's CPU per enqueue()). On PostgreSQL the
+column type stays integer and only the constraints are dropped. SQLite ("integer unsigned" to
+"integer") copies the table, and MySQL/MariaDB (unsigned to signed) rebuild it, once per
+field."""
 
 import django.core.validators
 from django.db import migrations, models
