@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.doctorjob-installed
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test bench clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,10 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The benchmark harness (bench/, not installed), e.g. make bench BENCH_ARGS="--quick"; see docs/benchmark.md.
+bench: venv
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info db.sqlite3

@@ -1,5 +1,5 @@
-"""bench_jobs, the benchmark command, end to end on a small scale: it must keep working from a
-clean clone, since its figures are what docs/performance.md reports."""
+"""The bench, ``python -m bench`` from the root of a checkout, end to end on a small scale: it must
+keep working from a clean clone, since its figures are what docs/performance.md reports."""
 from __future__ import annotations
 
 import json
@@ -17,22 +17,25 @@ QUICK_RESULTS = [
 ]
 
 
-def bench_jobs(*args: str) -> subprocess.CompletedProcess[str]:
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGS`` from the checkout's root, as docs/benchmark.md runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "django", "bench_jobs", *args], cwd=ROOT, env=worker_env(),
+        [sys.executable, "-m", "bench", *args], cwd=ROOT, env=worker_env(),
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
     )
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL (bench_jobs runs there only)")
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL (the bench runs there only)")
 @pytest.mark.django_db
 def test_quick_run_measures_everything_against_raw_sql_and_drops_its_scratch_database(tmp_path):
     saved = tmp_path / "bench.json"
 
-    done = bench_jobs("--quick", "--json", str(saved))
+    done = bench("--quick", "--json", str(saved))
 
     assert done.returncode == 0, done.stderr
     report = done.stdout
+    header = report.splitlines()[0]
+    assert header.startswith("doctorjob bench — ") and header.endswith(f" — python -m bench --quick --json {saved}")
     for line in ("enqueue() one job per transaction", "enqueue_many()", "drain 2,000 no-op jobs, 2 processes",
                  "doctorjob, NOTIFY", "raw SQL, LISTEN/NOTIFY", "worker memory"):
         assert line in report
@@ -49,9 +52,9 @@ def test_quick_run_measures_everything_against_raw_sql_and_drops_its_scratch_dat
 @pytest.mark.django_db
 def test_refuses_a_database_other_than_postgresql_and_bad_options():
     if connection.vendor != "postgresql":
-        done = bench_jobs("--quick")
+        done = bench("--quick")
         assert done.returncode == 1
-        assert f"bench_jobs runs on PostgreSQL only; database alias 'default' is {connection.vendor}" in done.stderr
-    done = bench_jobs("--processes", "0")
+        assert f"the bench runs on PostgreSQL only; database alias 'default' is {connection.vendor}" in done.stderr
+    done = bench("--processes", "0")
     assert done.returncode == 2
     assert "--processes: must be at least 1, got 0" in done.stderr

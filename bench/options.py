@@ -3,13 +3,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..exceptions import DoctorJobError
+from doctorjob.exceptions import DoctorJobError
 
 
 NOOP = "doctorjob.bench.noop"
 PROBE = "doctorjob.bench.probe"
 SCRATCH_ALIAS = "doctorjob_bench"
-SCRATCH_MARK = "doctorjob bench_jobs scratch database (safe to drop)"
+PROG = "python -m bench"
+SCRATCH_MARK = "doctorjob bench scratch database (safe to drop)"
+# The mark of the scratch databases made when the bench was the bench_jobs command: one left by
+# a killed run of that command is ours too, and is dropped like any leftover.
+OLD_SCRATCH_MARKS = ("doctorjob bench_jobs scratch database (safe to drop)",)
 PROBE_FILE_ENV = "DOCTORJOB_BENCH_PROBE_FILE"
 CONNINFO_ENV = "DOCTORJOB_BENCH_CONNINFO"
 POLL_EVERY = 0.02      # how often the queue is counted during a drain

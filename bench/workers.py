@@ -1,5 +1,5 @@
 """The bench's worker processes: doctorjob's ``run_jobs`` on the scratch database, and the raw
-psycopg loop of the baseline on its plain table, both started as ``python -m doctorjob.benchmark``."""
+psycopg loop of the baseline on its plain table, both started as ``python -m bench worker|raw-worker``."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .options import CONNINFO_ENV, NOOP, PROBE, PROBE_FILE_ENV, RAW_BATCH, RAW_IDLE
+from .options import CONNINFO_ENV, NOOP, PROBE, PROBE_FILE_ENV, PROG, RAW_BATCH, RAW_IDLE
 from .scratch import add_scratch_alias
 
 
@@ -34,7 +34,7 @@ def probe(payload: Any, ctx: Any) -> None:
 
 def register_jobs() -> None:
     """Register the bench's handlers in this process (idempotent)."""
-    from ..registry import job, registry
+    from doctorjob.registry import job, registry
 
     for name, func in ((NOOP, noop), (PROBE, probe)):
         if name not in registry:
@@ -112,8 +112,9 @@ def doctorjob_worker(*, source: str, dbname: str, notify: bool, run_jobs_args: S
 # -- entry point of the worker processes -----------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m doctorjob.benchmark worker|raw-worker``: one worker process of the bench."""
-    parser = argparse.ArgumentParser(prog="python -m doctorjob.benchmark")
+    """``python -m bench worker|raw-worker``: one worker process of the bench."""
+    parser = argparse.ArgumentParser(prog=PROG, description="One worker process of the bench, started by "
+                                     "the bench itself; run the bench with: " + PROG + " [options]")
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="doctorjob's run_jobs on the scratch database")
     worker.add_argument("--settings", required=True, help="the project's settings module")

@@ -24,6 +24,8 @@ from .report import _mib
 from .scratch import ScratchDatabase
 from .workers import RAW_DDL, RAW_INSERT, RAW_INSERT_MANY, RAW_INSERT_NOTIFY, RAW_TABLE, register_jobs
 
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding bench/
+
 
 # -- measuring -----------------------------------------------------------------------------------
 
@@ -34,23 +36,23 @@ def run(options: Options, progress: Callable[[str], None] = lambda message: None
     from django.db import connections, router
     from django.test.utils import override_settings
 
-    from ..conf import settings
-    from ..models import Job
+    from doctorjob.conf import settings
+    from doctorjob.models import Job
 
     source = options.database or router.db_for_write(Job)
     if source not in connections:
         raise BenchmarkError(f"unknown database alias '{source}'")
     if connections[source].vendor != "postgresql":
-        raise BenchmarkError(f"bench_jobs runs on PostgreSQL only; database alias '{source}' is "
+        raise BenchmarkError(f"the bench runs on PostgreSQL only; database alias '{source}' is "
                              f"{connections[source].vendor}")
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        raise BenchmarkError("bench_jobs needs psycopg 3 (pip install 'psycopg[binary]')") from None
+        raise BenchmarkError("the bench needs psycopg 3 (pip install 'psycopg[binary]')") from None
     settings_module = django_settings.SETTINGS_MODULE  # override_settings() below hides it
     if not settings_module:
-        raise BenchmarkError("bench_jobs starts worker processes, which need a settings module "
-                             "(DJANGO_SETTINGS_MODULE or --settings), not settings.configure()")
+        raise BenchmarkError("the bench starts worker processes, which need a settings module "
+                             "(--settings or DJANGO_SETTINGS_MODULE), not settings.configure()")
     register_jobs()
     db = ScratchDatabase(source)
     started = time.time()
@@ -83,7 +85,7 @@ class _Bench:
         import psycopg
         from django.db import connections
 
-        from ..models import Job
+        from doctorjob.models import Job
 
         self.options, self.db, self.workdir, self.progress = options, db, workdir, progress
         self.settings_module = settings_module
@@ -161,7 +163,7 @@ class _Bench:
                     conn.execute(RAW_INSERT, (Jsonb({"n": i}),))
                 seconds = time.perf_counter() - t0
         else:
-            from ..outbox import enqueue
+            from doctorjob import enqueue
 
             with self._notify(notify):
                 enqueue(NOOP, {"n": -1}, using=self.db.alias)
@@ -189,7 +191,7 @@ class _Bench:
         else:
             from django.db import connections
 
-            from ..outbox import enqueue_many
+            from doctorjob import enqueue_many
 
             items = [(NOOP, {"n": i}) for i in range(n)]
             connections[self.db.alias].ensure_connection()
@@ -309,7 +311,7 @@ class _Bench:
         if system == "raw":
             self.monitor.execute(RAW_INSERT_MANY, ([json.dumps({"n": i}) for i in range(n)],))
         else:
-            from ..outbox import enqueue_many
+            from doctorjob import enqueue_many
 
             enqueue_many([(NOOP, {"n": i}) for i in range(n)], using=self.db.alias)
 
@@ -341,7 +343,7 @@ class _Bench:
 
                 yield send_raw
         else:
-            from ..outbox import enqueue
+            from doctorjob import enqueue
 
             def send() -> None:
                 enqueue(PROBE, {"t": time.time()}, using=self.db.alias)
@@ -353,11 +355,13 @@ class _Bench:
         """Start ``count`` worker processes of ``system``; their output goes to log files."""
         from psycopg.conninfo import make_conninfo
 
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # what this process imports
+        # What this process imports, and the checkout's root, where ``python -m bench`` finds bench/.
+        paths = [p for p in sys.path if p]
+        paths += [] if CHECKOUT in paths else [CHECKOUT]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(paths))
         if probe_file:
             env[PROBE_FILE_ENV] = probe_file
-        command = [sys.executable, "-m", "doctorjob.benchmark"]
+        command = [sys.executable, "-m", "bench"]
         if system == "raw":
             env[CONNINFO_ENV] = make_conninfo(**self.db.params)
             command += ["raw-worker", "--batch", str(RAW_BATCH), "--idle", str(idle)]

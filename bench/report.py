@@ -15,7 +15,7 @@ def format_report(report: dict[str, Any]) -> str:
     db = env["database"]
     reps = options["reps"]
     lines = [
-        f"doctorjob bench_jobs — {env['date']} — {env['command']}",
+        f"doctorjob bench — {env['date']} — {env['command']}",
         f"machine    {env['cpus']} CPUs, {env['cpu_model']}, {env['memory']} RAM; load average (1/5/15 min) "
         f"before the run {_loads(env['load_average_start'])}, after {_loads(env['load_average_end'])}",
         f"software   Python {env['python']}, Django {env['django']}, psycopg {env['psycopg']}, doctorjob "

@@ -5,7 +5,7 @@ import copy
 import zlib
 from typing import Any
 
-from .options import SCRATCH_ALIAS, SCRATCH_MARK, BenchmarkError
+from .options import OLD_SCRATCH_MARKS, SCRATCH_ALIAS, SCRATCH_MARK, BenchmarkError
 
 
 # -- the scratch database ------------------------------------------------------------------------
@@ -61,13 +61,13 @@ class ScratchDatabase:
         # One run at a time per scratch database: a second run would drop the first one's.
         lock = zlib.crc32(self.name.encode())
         if not self._admin.execute("SELECT pg_try_advisory_lock(%s)", (lock,)).fetchone()[0]:
-            raise BenchmarkError(f"another bench_jobs run is using the scratch database '{self.name}'")
+            raise BenchmarkError(f"another bench run is using the scratch database '{self.name}'")
         mark = self._admin.execute(
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (self.name,)
         ).fetchone()
-        if mark is not None and mark[0] != SCRATCH_MARK:
+        if mark is not None and mark[0] not in (SCRATCH_MARK, *OLD_SCRATCH_MARKS):
             raise BenchmarkError(f"a database named '{self.name}' already exists and was not created by "
-                                 "bench_jobs; drop or rename it to run the benchmark")
+                                 "the bench; drop or rename it to run the benchmark")
         ident = sql.Identifier(self.name)
         if mark is not None:  # left over by an interrupted run
             self._drop()
@@ -80,7 +80,7 @@ class ScratchDatabase:
         self._admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident, sql.Literal(SCRATCH_MARK)))
         add_scratch_alias(self.source, self.name)
         call_command("migrate", database=self.alias, verbosity=0, interactive=False)
-        from ..models import Job
+        from doctorjob.models import Job
 
         with psycopg.connect(**self.params, autocommit=True) as conn:
             found = conn.execute("SELECT to_regclass(%s)", (Job._meta.db_table,)).fetchone()[0]

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from .options import PROG
+
 if TYPE_CHECKING:
     from .options import Options
     from .scratch import ScratchDatabase
@@ -22,8 +24,8 @@ def environment(db: ScratchDatabase, options: Options, source: str, load_before:
     from django.conf import settings as django_settings
     from django.db import connections
 
-    from .. import __version__
-    from ..conf import settings
+    from doctorjob import __version__
+    from doctorjob.conf import settings
 
     def first(path: str, prefix: str) -> str:
         try:
@@ -38,7 +40,7 @@ def environment(db: ScratchDatabase, options: Options, source: str, load_before:
     source_settings = connections[source].settings_dict
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": " ".join(sys.argv),
+        "command": _command(),
         "cpus": _cpus(),
         "cpu_model": first("/proc/cpuinfo", "model name"),
         "memory": _gib(first("/proc/meminfo", "MemTotal")),
@@ -62,6 +64,15 @@ def environment(db: ScratchDatabase, options: Options, source: str, load_before:
 # The settings that change what the bench measures (BACKOFF and JOBS do not).
 _SHOWN_SETTINGS = ("NOTIFY", "LISTEN_DATABASE", "CONCURRENCY", "BATCH_SIZE", "POLL_INTERVAL", "LEASE",
                    "KEEP_SUCCEEDED", "REQUIRE_TRANSACTION")
+
+
+def _command() -> str:
+    """The command line as typed: ``python -m bench --quick``, not the path of ``bench/__main__.py``."""
+    argv = list(sys.argv)
+    main = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
+    if argv and os.path.abspath(argv[0]) == main:
+        argv[0] = PROG
+    return " ".join(argv)
 
 
 def _gib(meminfo: str) -> str:
