@@ -17,7 +17,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from . import outbox
+from . import operations
 from .exceptions import DoctorJobError, InvalidPayload
 from .models import DeadLetter, Job, JobDefinition, JobExecution, JobVersion, QueueState, Worker
 
@@ -116,7 +116,7 @@ class JobAdmin(ReadOnlyAdmin):
     def retry(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         """Queue the selected dead or cancelled jobs to run now."""
         selected = list(queryset.only("pk"))
-        retried = outbox.retry(selected)
+        retried = operations.retry(selected)
         self._report(request, f"Queued {_plural(retried, 'job')} to run now", retried,
                      skipped=len(selected) - retried, because="not dead or cancelled, or whose dead letter was already requeued")
 
@@ -124,7 +124,7 @@ class JobAdmin(ReadOnlyAdmin):
     def cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         """Cancel the selected queued jobs so they never run."""
         selected = list(queryset.only("pk"))
-        cancelled = outbox.cancel(selected)
+        cancelled = operations.cancel(selected)
         self._report(request, f"Cancelled {_plural(cancelled, 'job')}", cancelled,
                      skipped=len(selected) - cancelled, because="not queued")
 
@@ -232,7 +232,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
             if letter.requeued_at is not None:
                 continue
             try:
-                job = outbox.requeue(letter)
+                job = operations.requeue(letter)
             except DoctorJobError as exc:
                 self.message_user(request, f"Dead letter #{letter.pk} was not requeued: {exc}", messages.ERROR)
             else:
@@ -261,7 +261,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         form = RequeueForm(request.POST, dead_letter=letter)
         if form.is_valid():
             try:
-                job = outbox.requeue(letter, form.cleaned_data["payload"])
+                job = operations.requeue(letter, form.cleaned_data["payload"])
             except InvalidPayload as exc:
                 form.add_error("payload", str(exc))
             except DoctorJobError as exc:
@@ -330,7 +330,7 @@ class JobDefinitionAdmin(ReadOnlyAdmin):
 
     @admin.action(permissions=["run"], description="Run selected jobs now")
     def run_now(self, request: HttpRequest, queryset: QuerySet[JobDefinition]) -> None:
-        from .definitions import run_now
+        from .operations import run_now
 
         done, failed = [], []
         for definition in queryset.filter(retired=False):

@@ -9,6 +9,9 @@ class DoctorJobConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from . import signal_handlers
+
+        signal_handlers.connect()
 
         # Like admin.py: every installed app's jobs.py registers its handlers at start-up.
         autodiscover_modules("jobs")

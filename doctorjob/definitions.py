@@ -12,8 +12,7 @@ from django.utils import timezone
 
 from .conf import settings
 from .models import JobDefinition, JobVersion, QueueState
-from .outbox import enqueue
-from .registry import JobType, get_job_type, registry
+from .registry import JobType, registry
 
 OVERRIDE_KEYS = {"schedule", "payload", "version", "paused", "timezone"}
 
@@ -123,13 +122,3 @@ def unversioned_changes(using: str | None = None) -> list[str]:
                 f"recorded on {seen.first_seen:%Y-%m-%d}, but the version did not"
             )
     return problems
-
-
-def run_now(name: str, payload: Any = None, *, using: str | None = None):
-    """Enqueue ``name`` to run now, with its definition's default payload unless one is given."""
-    job_type = get_job_type(name)
-    if payload is None:
-        alias = using or router.db_for_read(JobDefinition)
-        definition = JobDefinition.objects.using(alias).filter(name=job_type.name).first()
-        payload = definition.payload if definition else desired(job_type)["payload"]
-    return enqueue(job_type, payload, using=using)

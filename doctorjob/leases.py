@@ -1,167 +1,114 @@
-"""Every state change a worker writes: claim, renew, succeed, retry, dead-letter, release,
-plus the sweeps any worker runs (expired leases, retention).
+"""Every state change a worker writes, fenced by the lease it claimed the job under: one
+ordered claim, lease renewal, and one finish for every outcome.
 
 A claim gives the claimed jobs a fresh ``lease_id``; every later write matches on
 ``(id, lease_id, status='running')``. A worker whose lease ran out and was taken over by
-another therefore changes nothing: the newer state always wins.
+another therefore changes nothing: the newer state always wins. Every time compared or written
+here is the database server's (``statement_timestamp()``, or ``db.database_now()`` once per
+call), never the worker host's, so a host whose clock drifts runs nothing early or late and
+takes over no live lease.
 """
 from __future__ import annotations
 
-import functools
 import json
-import sys
-import time
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from operator import itemgetter
 from typing import Any, NamedTuple
 
 from django.db import IntegrityError, connections, transaction
-from django.db.models import F
-from django.utils import timezone
+from django.db.models import Exists, F, OuterRef, Q, Value
+from django.db.models.functions import Concat
 
-from .conf import settings
-from .models import DeadLetter, Job, JobExecution, Outcome, Status, Worker
+from .db import database_now, execute
+from .models import DeadLetter, Job, JobDefinition, JobExecution, Outcome, QueueState, Status, new_job
+from .signals import DEAD, RETRYING, SKIPPED, SUCCEEDED
 
 WORKER_LOST = "worker lost: its lease expired before the job finished"
+RELEASED = "released"  # returned to the queue at shutdown, the attempt not counted
+OUTCOMES = (SUCCEEDED, RETRYING, DEAD, SKIPPED, RELEASED)
+_CLAIM_RETRIES = 3
+
+_FIELDS = ("id", "name", "queue", "payload", "attempts", "max_attempts", "priority", "key", "created_at",
+           "version", "started_at", "run_at", "lease_expires_at", "concurrency_key", "error")
 
 
-def execute(
-    connection, sql: str, params: Sequence[Any], *, prepare: bool = False, planner: str = ""
-) -> list[tuple[Any, ...]] | int:
-    """Run one of the hot PostgreSQL statements with server-side binding: arrays travel as
-    binary parameters instead of being quoted into the SQL text by Django's client-side cursor.
-    With ``prepare`` the statement is parsed and planned once per connection (see
-    ``may_prepare``). ``planner`` is a statement of ``set_config(name, value, true)`` calls
-    for this statement only; it is left out inside ``atomic()`` (it would last until the block
-    ends) and with a libpq older than 14 (no pipeline). Returns the rows, or the row count for
-    a statement that returns none. Errors surface as Django's database exceptions, inside or
-    outside ``atomic()``."""
-    import psycopg  # only PostgreSQL installs have it
-
-    connection.ensure_connection()
-    started = time.monotonic()
-    pg = connection.connection
-    try:
-        prepare = prepare and may_prepare(connection)
-        # Django sets psycopg's prepare_threshold to None, which turns preparation off for the
-        # whole connection. Lift it for this one statement: the application's own queries are
-        # still never prepared, and psycopg keeps its bookkeeping (a rollback deallocates).
-        lift = prepare and pg.prepare_threshold is None
-        # One psycopg cursor per connection, kept: making one costs more than running a
-        # prepared INSERT's Python side.
-        cursor = getattr(connection, "_doctorjob_cursor", None)
-        if cursor is None or cursor.connection is not pg:
-            cursor = connection._doctorjob_cursor = psycopg.Cursor(pg)
-            cursor.adapters.register_loader("jsonb", _jsonb_loader())
-        with connection.wrap_database_errors:
-            if planner and not connection.in_atomic_block and psycopg.Pipeline.is_supported():
-                # Both statements before one Sync: one round trip and one implicit
-                # transaction, which the planner settings (set_config(..., true)) last for.
-                with pg.pipeline():
-                    cursor.execute(planner)
-                    cursor.execute(sql, params, binary=True)
-                    return cursor.fetchall()
-            if lift:
-                pg.prepare_threshold = sys.maxsize
-            try:  # binary results: no timestamp text parsing
-                cursor.execute(sql, params, binary=True, prepare=prepare or None)
-            finally:
-                if lift:
-                    pg.prepare_threshold = None
-            return cursor.fetchall() if cursor.pgresult.nfields else cursor.rowcount
-    finally:
-        if connection.queries_logged:  # DEBUG, debug toolbars, CaptureQueriesContext see it too
-            connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
+def _job(row: Sequence[Any], lease_id: uuid.UUID | None, worker: str, alias: str, status: str = Status.RUNNING
+         ) -> Job:
+    job = new_job(**dict(zip(_FIELDS, row)), lease_id=lease_id, worker=worker, status=status)
+    job._state.adding, job._state.db = False, alias
+    return job
 
 
-@functools.cache
-def _jsonb_loader() -> type:
-    """A loader for jsonb in binary, for every payload a worker claims: a version byte, then the
-    document as PostgreSQL prints it, in the client encoding (UTF-8: Django sets it) and with
-    nothing around it, so it is parsed as it comes. psycopg's default, ``json.loads(bytes)``,
-    first sniffs the encoding and then checks for surrounding whitespace, which made loading a
-    small payload four times as costly. It serves doctorjob's own cursor only: Django's cursors
-    keep psycopg's loaders, and a ``psycopg.types.json.set_json_loads()`` does not reach it."""
-    from psycopg import DataError
-    from psycopg.adapt import Loader
-    from psycopg.pq import Format
+# -- claim --------------------------------------------------------------------------------------
 
-    decode = json.JSONDecoder().raw_decode
-
-    class JsonbLoader(Loader):
-        format = Format.BINARY
-
-        def load(self, data: Any) -> Any:
-            if data[0] != 1:
-                raise DataError(f"unknown jsonb binary format: {data[0]}")
-            return decode(str(data[1:], "utf-8"))[0]
-
-    return JsonbLoader
-
-
-def behind_pooler(connection) -> bool:
-    """Whether the database is reached through a transaction pooler (PgBouncer in transaction
-    mode), as Django is told with DISABLE_SERVER_SIDE_CURSORS: session state, such as a prepared
-    statement or a LISTEN, then lasts one transaction on whichever server connection ran it."""
-    return bool(connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"))
-
-
-def may_prepare(connection) -> bool:
-    """Whether doctorjob may keep prepared statements on this PostgreSQL connection:
-    DOCTORJOB["PREPARE"], by default yes unless it is behind a transaction pooler."""
-    return not behind_pooler(connection) if settings.PREPARE is None else settings.PREPARE
-
-
-class Claimed(NamedTuple):
-    """A job a worker holds under ``lease_id``. A named tuple: a worker makes thousands a
-    second, and a frozen dataclass costs several times more to build."""
-
-    id: int
-    name: str
-    queue: str
-    payload: Any
-    attempts: int
-    max_attempts: int
-    priority: int
-    key: str | None
-    created_at: datetime
-    version: int
-    started_at: datetime
-    lease_id: uuid.UUID
-
-
-_COLUMNS = ("id", "name", "queue", "payload", "attempts", "max_attempts", "priority", "key", "created_at",
-            "version", "started_at")
-
-# PostgreSQL claim, one statement and so one short transaction: lock up to `limit` runnable
-# jobs in priority, run time, id order, skipping rows another worker is claiming right now
-# (SKIP LOCKED: workers never wait on each other nor take the same row), and mark them running
-# under a new lease. The row lock is held only for this statement; from then on the lease,
-# not a lock, says who owns the job. The status check is re-evaluated on the locked row, so a
-# job changed by a concurrent transaction is never claimed twice.
+# PostgreSQL claim, one statement and so one short transaction. `picked` locks up to `limit`
+# runnable jobs in (priority desc, run_at, id) order, skipping rows another worker is claiming
+# right now (SKIP LOCKED: workers never wait on each other nor take the same row); the status
+# check is re-evaluated on each locked row, so a job changed meanwhile is never claimed twice.
+# Runnable means: queued, due by the database's clock, in our queues, neither its definition nor
+# its queue paused (read in this statement's snapshot: a pause committed before the claim, or
+# with the job, always holds), and, for a job with a concurrency key (singleton, per-key), first
+# of its key in line with no job of its key running. So a busy key is passed over without
+# holding back anything else, a batch never holds two jobs of one key, and a job whose
+# definition says on_overlap="skip" is taken only to be marked skipped while its key is busy.
+# The partial unique index on running jobs' keys stays the guarantee: should a concurrent claim
+# win a key between our snapshot and our write, this statement fails and is run again.
+# From then on the lease, not a lock, says who owns the job.
 #
 # The planner is told to read an index that returns jobs in claim order (enable_sort and
 # enable_bitmapscan off, for this statement only). Without statistics (a new table, until
 # autovacuum first analyses it: a fresh install's first burst) it otherwise guesses that few
-# jobs match and picks a bitmap scan and a sort of the whole runnable backlog, for every batch:
-# 28 ms instead of 7 to claim 500 of 40,000 jobs.
+# jobs match and picks a bitmap scan and a sort of the whole runnable backlog, for every batch.
 _CLAIM_PLANNER = "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)"
-_CLAIM = """
-UPDATE doctorjob_job AS j
-SET status = 'running', attempts = j.attempts + 1, lease_id = %s, worker = %s,
-    lease_expires_at = %s, started_at = %s, finished_at = NULL
-WHERE j.id IN (
-    SELECT id FROM doctorjob_job
-    WHERE status = 'queued' AND run_at <= %s AND concurrency_key IS NULL {filters}
-    ORDER BY priority DESC, run_at, id
+_KEY_BUSY = ("EXISTS (SELECT 1 FROM doctorjob_job AS r WHERE r.concurrency_key = c.concurrency_key "
+             "AND r.status = 'running')")
+_CLAIM = f"""
+WITH picked AS (
+    SELECT c.id, c.concurrency_key IS NOT NULL AND {_KEY_BUSY} AS busy
+    FROM doctorjob_job AS c
+    WHERE c.status = 'queued' AND c.run_at <= statement_timestamp() {{filters}}
+      AND NOT c.name = ANY(ARRAY(SELECT name FROM doctorjob_jobdefinition WHERE paused))
+      AND NOT c.queue = ANY(ARRAY(SELECT name FROM doctorjob_queuestate WHERE paused))
+      AND (c.concurrency_key IS NULL
+           OR (NOT {_KEY_BUSY} AND NOT EXISTS (
+                 SELECT 1 FROM doctorjob_job AS e
+                 WHERE e.concurrency_key = c.concurrency_key AND e.status = 'queued'
+                   AND e.run_at <= statement_timestamp()
+                   AND (e.priority > c.priority OR (e.priority = c.priority AND e.run_at < c.run_at)
+                        OR (e.priority = c.priority AND e.run_at = c.run_at AND e.id < c.id))))
+           OR (c.name = ANY(%s::text[]) AND {_KEY_BUSY}))
+    ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT %s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE doctorjob_job AS j
+    SET status = 'running', attempts = j.attempts + 1, lease_id = %s, worker = %s,
+        lease_expires_at = statement_timestamp() + make_interval(secs => %s), started_at = statement_timestamp(),
+        finished_at = NULL
+    FROM picked AS p WHERE j.id = p.id AND NOT p.busy
+    RETURNING {", ".join(f"j.{f}" for f in _FIELDS)}, j.status
+), skipped AS (
+    UPDATE doctorjob_job AS j
+    SET status = 'skipped', finished_at = statement_timestamp(),
+        error = 'skipped: another run holding concurrency key ' || quote_literal(j.concurrency_key)
+                || ' was in progress'
+    FROM picked AS p WHERE j.id = p.id AND p.busy
+    RETURNING {", ".join(f"j.{f}" for f in _FIELDS)}, j.status
 )
-RETURNING j.id, j.name, j.queue, j.payload, j.attempts, j.max_attempts, j.priority, j.key, j.created_at,
-          j.version, j.started_at, j.run_at
+SELECT * FROM claimed UNION ALL SELECT * FROM skipped
 """
+
+
+class Claim(NamedTuple):
+    """What one claim took: the jobs to run, in claim order, under one new lease; the jobs marked
+    skipped because their key was busy; and how many rows it picked (a full batch means more
+    jobs are probably waiting)."""
+
+    jobs: list[Job]
+    skipped: list[Job]
+    picked: int
 
 
 def claim(
@@ -171,289 +118,280 @@ def claim(
     limit: int,
     lease: float,
     queues: Sequence[str] | None = None,
-    paused_names: Sequence[str] = (),
-    paused_queues: Sequence[str] = (),
-) -> list[Claimed]:
-    """Take up to ``limit`` runnable jobs for ``worker`` and return them, running under one new lease.
+    skip_on_overlap: Sequence[str] = (),
+) -> Claim:
+    """Take up to ``limit`` runnable jobs for ``worker``, running under one new lease."""
+    for attempt in range(_CLAIM_RETRIES):
+        try:
+            return _claim(alias, worker, limit, lease, queues, skip_on_overlap)
+        except IntegrityError:  # a concurrent claim won a key first (see _CLAIM); the next sees it
+            if attempt == _CLAIM_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
 
-    Jobs with a concurrency key are left to ``claim_keyed()``.
-    """
+
+def _claim(alias, worker, limit, lease, queues, skip_on_overlap) -> Claim:
     lease_id = uuid.uuid4()
-    now = timezone.now()
-    expires = now + timedelta(seconds=lease)
     connection = connections[alias]
     if connection.vendor == "postgresql":
-        params: list[Any] = [lease_id, worker, expires, now, now]
-        filters = []
+        filters, params = "", []
         if queues and len(queues) == 1:  # equality lets the (queue, priority, run_at) index order the scan
-            filters.append("AND queue = %s")
-            params.append(queues[0])
+            filters, params = "AND c.queue = %s", [queues[0]]
         elif queues:
-            filters.append("AND queue = ANY(%s)")
-            params.append(list(queues))
-        for column, values in (("name", paused_names), ("queue", paused_queues)):
-            if values:
-                filters.append(f"AND {column} <> ALL(%s)")
-                params.append(list(values))
-        params.append(limit)
-        rows = execute(connection, _CLAIM.format(filters=" ".join(filters)), params, planner=_CLAIM_PLANNER)
+            filters, params = "AND c.queue = ANY(%s)", [list(queues)]
+        params += [list(skip_on_overlap), limit, lease_id, worker, float(lease)]
+        rows = execute(connection, _CLAIM.format(filters=filters), params, planner=_CLAIM_PLANNER)
         # The claim order, for the handlers to run them in: priority descending, then run_at and id
         # (two stable sorts on C key functions: two thirds of the cost of one on a key tuple).
         rows.sort(key=itemgetter(11, 0))
         rows.sort(key=itemgetter(6), reverse=True)
-        return [_claimed(row, lease_id) for row in rows]
-
-    runnable = _runnable(alias, now, queues, paused_names, paused_queues).filter(concurrency_key__isnull=True)
-    changes = _claim_changes(lease_id, worker, expires, now)
-    if connection.features.has_select_for_update_skip_locked:
-        # MySQL/MariaDB: the same SKIP LOCKED claim in a short transaction of two statements.
-        with transaction.atomic(using=alias):
-            ids = list(runnable.select_for_update(skip_locked=True).values_list("id", flat=True)[:limit])
-            Job.objects.using(alias).filter(id__in=ids, status=Status.QUEUED).update(**changes)
-    else:
-        # SQLite: one conditional UPDATE is atomic (writers are serialised), and the status
-        # check inside it means two workers can never both flip the same row to running.
-        Job.objects.using(alias).filter(
-            id__in=runnable.values("id")[:limit], status=Status.QUEUED
-        ).update(**changes)
-    rows = (Job.objects.using(alias).filter(lease_id=lease_id, status=Status.RUNNING)
-            .order_by("-priority", "run_at", "id")
-            .values_list(*_COLUMNS))
-    return [_claimed(row, lease_id) for row in rows]
+        jobs, skipped = [], []
+        for row in rows:
+            if row[-1] == Status.RUNNING:
+                jobs.append(_job(row[:-1], lease_id, worker, alias))
+            else:
+                skipped.append(_job(row[:-1], None, "", alias, Status.SKIPPED))
+        return Claim(jobs, skipped, len(rows))
+    return _claim_portable(alias, worker, limit, lease, queues, skip_on_overlap, lease_id)
 
 
-def _runnable(alias, now, queues, paused_names, paused_queues):
-    runnable = Job.objects.using(alias).filter(status=Status.QUEUED, run_at__lte=now)
+def _claim_portable(alias, worker, limit, lease, queues, skip_on_overlap, lease_id) -> Claim:
+    """SQLite and MySQL/MariaDB: the same rules as _CLAIM, through the ORM."""
+    connection = connections[alias]
+    now = database_now(connection)
+    jobs_ = Job.objects.using(alias)
+    same_key = jobs_.filter(concurrency_key=OuterRef("concurrency_key"))
+    busy = Exists(same_key.filter(status=Status.RUNNING))
+    ahead = Exists(same_key.filter(status=Status.QUEUED, run_at__lte=now).filter(
+        Q(priority__gt=OuterRef("priority"))
+        | Q(priority=OuterRef("priority"), run_at__lt=OuterRef("run_at"))
+        | Q(priority=OuterRef("priority"), run_at=OuterRef("run_at"), id__lt=OuterRef("id"))))
+    runnable = jobs_.filter(status=Status.QUEUED, run_at__lte=now).exclude(
+        name__in=JobDefinition.objects.using(alias).filter(paused=True).values("name")
+    ).exclude(queue__in=QueueState.objects.using(alias).filter(paused=True).values("name"))
     if queues:
         runnable = runnable.filter(queue__in=queues)
-    if paused_names:
-        runnable = runnable.exclude(name__in=paused_names)
-    if paused_queues:
-        runnable = runnable.exclude(queue__in=paused_queues)
-    return runnable.order_by("-priority", "run_at", "id")
+    free = runnable.filter(Q(concurrency_key__isnull=True) | (~busy & ~ahead))
+    overlapping = runnable.filter(busy, concurrency_key__isnull=False, name__in=list(skip_on_overlap))
+    order = ("-priority", "run_at", "id")
+    changes = dict(status=Status.RUNNING, attempts=F("attempts") + 1, lease_id=lease_id, worker=worker,
+                   lease_expires_at=now + timedelta(seconds=lease), started_at=now, finished_at=None)
+    skip = dict(status=Status.SKIPPED, finished_at=now, error=Concat(
+        Value("skipped: another run holding concurrency key '"), F("concurrency_key"), Value("' was in progress")))
+    skipped_ids: list[int] = []
+    if connection.features.has_select_for_update_skip_locked:
+        # MySQL/MariaDB: SKIP LOCKED in a short transaction: read the ids, then mark them.
+        with transaction.atomic(using=alias):
+            if skip_on_overlap:
+                skipped_ids = list(overlapping.select_for_update(skip_locked=True).order_by(*order)
+                                   .values_list("id", flat=True)[:limit])
+                jobs_.filter(id__in=skipped_ids, status=Status.QUEUED).update(**skip)
+            ids = list(free.select_for_update(skip_locked=True).order_by(*order).values_list("id", flat=True)
+                       [:limit - len(skipped_ids)])
+            jobs_.filter(id__in=ids, status=Status.QUEUED).update(**changes)
+    else:
+        # SQLite: each conditional UPDATE is atomic (writers are serialised) and reads its
+        # subquery before writing, so two workers never both flip one row and a batch never
+        # holds two jobs of one key.
+        if skip_on_overlap:
+            skipped_ids = list(overlapping.order_by(*order).values_list("id", flat=True)[:limit])
+            jobs_.filter(id__in=skipped_ids, status=Status.QUEUED).update(**skip)
+        jobs_.filter(id__in=free.order_by(*order).values("id")[:limit - len(skipped_ids)],
+                     status=Status.QUEUED).update(**changes)
+    jobs = [_job(row, lease_id, worker, alias) for row in
+            jobs_.filter(lease_id=lease_id, status=Status.RUNNING).order_by(*order).values_list(*_FIELDS)]
+    skipped = [_job(row, None, "", alias, Status.SKIPPED) for row in
+               jobs_.filter(id__in=skipped_ids, status=Status.SKIPPED).values_list(*_FIELDS)]
+    return Claim(jobs, skipped, len(jobs) + len(skipped))
 
 
-def _claim_changes(lease_id: uuid.UUID, worker: str, expires: datetime, now: datetime) -> dict[str, Any]:
-    return dict(status=Status.RUNNING, attempts=F("attempts") + 1, lease_id=lease_id,
-                worker=worker, lease_expires_at=expires, started_at=now, finished_at=None)
+# -- renew --------------------------------------------------------------------------------------
 
 
-def claim_keyed(
-    alias: str,
-    *,
-    worker: str,
-    limit: int,
-    lease: float,
-    skip_on_overlap: Sequence[str] = (),
-    queues: Sequence[str] | None = None,
-    paused_names: Sequence[str] = (),
-    paused_queues: Sequence[str] = (),
-) -> tuple[list[Claimed], list[int]]:
-    """Claim jobs that hold a concurrency key (singletons, one-per-tenant), one at a time.
-
-    The partial unique index on running rows' ``concurrency_key`` is what forbids overlap: a
-    second claim of the same key fails inside its savepoint, whichever worker tries it. The
-    job then waits queued, or is skipped when its name is in ``skip_on_overlap``.
-    Returns (claimed, ids of skipped jobs).
-    """
-    now = timezone.now()
-    expires = now + timedelta(seconds=lease)
-    connection = connections[alias]
-    candidates = _runnable(alias, now, queues, paused_names, paused_queues).filter(concurrency_key__isnull=False)
-    claimed, skipped = [], []
-    with transaction.atomic(using=alias):
-        if connection.features.has_select_for_update_skip_locked:
-            candidates = candidates.select_for_update(skip_locked=True)
-        rows = list(candidates.values_list("id", "name", "concurrency_key")[:limit])
-        keys_taken: set[str] = set()
-        for job_id, name, key in rows:
-            lease_id = uuid.uuid4()
-            try:
-                if key in keys_taken:
-                    raise IntegrityError(key)
-                with transaction.atomic(using=alias):
-                    Job.objects.using(alias).filter(id=job_id, status=Status.QUEUED).update(
-                        **_claim_changes(lease_id, worker, expires, now))
-                keys_taken.add(key)
-            except IntegrityError:
-                if name in skip_on_overlap:
-                    Job.objects.using(alias).filter(id=job_id, status=Status.QUEUED).update(
-                        status=Status.SKIPPED, finished_at=now,
-                        error=f"skipped: another run holding concurrency key {key!r} was in progress")
-                    skipped.append(job_id)
-                continue
-            claimed.extend(_claimed(row, lease_id) for row in
-                           Job.objects.using(alias).filter(id=job_id, lease_id=lease_id).values_list(*_COLUMNS))
-    return claimed, skipped
-
-
-def _claimed(row: Sequence[Any], lease_id: uuid.UUID) -> Claimed:
-    # The payload arrives decoded (binary jsonb results, or JSONField's from_db_value); a str
-    # here is a payload that is a JSON string, not JSON text to parse again.
-    return Claimed(*row[:11], lease_id)
-
-
-def skip(alias: str, job: Claimed, reason: str) -> bool:
-    """Mark a claimed job skipped (not retried), keeping the reason."""
-    return bool(_owned(alias, job).update(status=Status.SKIPPED, error=reason, lease_expires_at=None,
-                                          finished_at=timezone.now()))
-
-
-def record_executions(alias: str, rows: Sequence[JobExecution]) -> None:
-    """Execution history, one row per attempt, in one INSERT."""
-    if rows:
-        JobExecution.objects.using(alias).bulk_create(rows)
-
-
-def _owned(alias: str, job: Claimed):
-    return Job.objects.using(alias).filter(id=job.id, lease_id=job.lease_id, status=Status.RUNNING)
-
-
-def renew(alias: str, jobs: Iterable[Claimed], lease: float) -> int:
-    """Push the lease deadline of every job in ``jobs`` that we still hold; returns how many."""
+def renew(alias: str, jobs: Iterable[Job], lease: float) -> int:
+    """Push the lease deadline of every job in ``jobs`` that we still hold to ``lease`` seconds
+    from the database's now; returns how many."""
     jobs = list(jobs)
     if not jobs:
         return 0
-    return Job.objects.using(alias).filter(
-        id__in=[j.id for j in jobs], lease_id__in={j.lease_id for j in jobs}, status=Status.RUNNING,
-    ).update(lease_expires_at=timezone.now() + timedelta(seconds=lease))
+    connection = connections[alias]
+    ids, lease_ids = [j.id for j in jobs], list({j.lease_id for j in jobs})
+    if connection.vendor == "postgresql":
+        return execute(connection, "UPDATE doctorjob_job "
+                       "SET lease_expires_at = statement_timestamp() + make_interval(secs => %s) "
+                       "WHERE id = ANY(%s) AND lease_id = ANY(%s) AND status = 'running'",
+                       [float(lease), ids, lease_ids])
+    return Job.objects.using(alias).filter(id__in=ids, lease_id__in=lease_ids, status=Status.RUNNING).update(
+        lease_expires_at=database_now(connection) + timedelta(seconds=lease))
 
 
-# Succeed many jobs in one statement, each only if our lease still holds it, and write the
-# execution history of exactly those jobs in the same statement.
-_SUCCEED = """
+# -- finish -------------------------------------------------------------------------------------
+
+
+class Finish(NamedTuple):
+    """One outcome to record for a job we claimed.
+
+    ``outcome``: succeeded, retrying (queued again ``delay`` seconds from now), dead (with a dead
+    letter), skipped, or released (queued again at shutdown, the attempt not counted).
+    ``expired`` is the lease sweep's: only if the lease has run out, the attempt recorded lost,
+    and a job queued again keeps its place in line (its ``run_at``).
+    """
+
+    job: Job
+    outcome: str
+    result: Any = None
+    error: str = ""
+    traceback: str = ""
+    delay: float = 0.0
+    duration: float | None = None
+    worker: str = ""
+    expired: bool = False
+
+
+# Every outcome, for many jobs, in one statement: each job changes only if our lease still holds
+# it (and, for the sweep, only if that lease has run out by the database's clock), and exactly
+# the jobs that changed get their execution history row and, when dead, their dead letter.
+_FINISH = """
 WITH v AS (
-    SELECT * FROM unnest(%b::bigint[], %b::uuid[], %b::timestamptz[], %b::text[], %b::float8[])
-        AS v(id, lease_id, finished_at, result, duration)
+    SELECT * FROM unnest(%b::bigint[], %b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[],
+                         %b::float8[], %b::float8[], %b::text[], %b::bool[])
+        AS v(id, lease_id, outcome, result, error, traceback, delay, duration, worker, expired)
 ), done AS (
-    UPDATE doctorjob_job AS j
-    SET status = 'succeeded', finished_at = v.finished_at, result = v.result::jsonb,
-        lease_expires_at = NULL, error = '', traceback = ''
+    UPDATE doctorjob_job AS j SET
+        status = CASE WHEN v.outcome IN ('retrying', 'released') THEN 'queued' ELSE v.outcome END,
+        attempts = CASE WHEN v.outcome = 'released' THEN j.attempts - 1 ELSE j.attempts END,
+        run_at = CASE WHEN v.outcome = 'retrying' AND v.expired IS NOT TRUE
+                      THEN statement_timestamp() + make_interval(secs => coalesce(v.delay, 0)) ELSE j.run_at END,
+        started_at = CASE WHEN v.outcome = 'released' THEN NULL ELSE j.started_at END,
+        finished_at = CASE WHEN v.outcome = 'released' THEN j.finished_at ELSE statement_timestamp() END,
+        result = CASE WHEN v.outcome = 'succeeded' THEN v.result::jsonb ELSE j.result END,
+        error = CASE WHEN v.outcome = 'released' THEN j.error ELSE coalesce(v.error, '') END,
+        traceback = CASE WHEN v.outcome = 'released' THEN j.traceback ELSE coalesce(v.traceback, '') END,
+        lease_id = CASE WHEN v.outcome IN ('retrying', 'released') THEN NULL ELSE j.lease_id END,
+        worker = CASE WHEN v.outcome IN ('retrying', 'released') THEN '' ELSE j.worker END,
+        lease_expires_at = NULL
     FROM v
     WHERE j.id = v.id AND j.lease_id = v.lease_id AND j.status = 'running'
-    RETURNING j.id, j.attempts, j.started_at, v.finished_at, v.duration
+      AND (v.expired IS NOT TRUE OR j.lease_expires_at < statement_timestamp())
+    RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.attempts, j.max_attempts, j.key, j.started_at,
+              j.finished_at, j.run_at, j.error, j.traceback, v.outcome, v.duration, v.worker, v.expired
+), history AS (
+    INSERT INTO doctorjob_jobexecution (job_id, attempt, worker, started_at, finished_at, duration, outcome, error)
+    SELECT id, attempts, worker, started_at, finished_at,
+           coalesce(make_interval(secs => duration), finished_at - started_at),
+           CASE WHEN expired THEN 'lost' WHEN outcome IN ('succeeded', 'skipped') THEN outcome ELSE 'failed' END,
+           error
+    FROM done WHERE outcome <> 'released'
+), letters AS (
+    INSERT INTO doctorjob_deadletter (job_id, name, queue, payload, priority, attempts, max_attempts, key, error,
+                                      traceback, created_at)
+    SELECT id, name, queue, payload, priority, attempts, max_attempts, key, error, traceback, finished_at
+    FROM done WHERE outcome = 'dead'
 )
-INSERT INTO doctorjob_jobexecution (job_id, attempt, worker, started_at, finished_at, duration, outcome, error)
-SELECT id, attempts, %s, started_at, finished_at, make_interval(secs => duration), 'succeeded', ''
-FROM done
-RETURNING job_id
+SELECT id, attempts, run_at, finished_at FROM done
 """
+_to_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def succeed(alias: str, done: Sequence[tuple[Claimed, Any, datetime, float]], worker: str) -> list[int]:
-    """Mark jobs succeeded (each only if its lease is still ours) and record their executions.
+def finish(alias: str, items: Sequence[Finish]) -> list[Finish]:
+    """Record outcomes, each only if our lease still holds the job; return the items that did.
 
-    ``done`` holds (job, result, finished_at, duration in seconds). Returns the ids that were ours,
-    in no particular order.
+    Their jobs are updated in place to what is stored (status, attempts, run_at, error, ...), for
+    the ``job_finished`` receivers.
     """
-    if not done:
+    if not items:
         return []
     connection = connections[alias]
-    if connection.vendor == "postgresql":
-        results = [None if d[1] is None else json.dumps(d[1]) for d in done]
-        if all(result is None for result in results):
-            results = None  # no job returned one: unnest() pads with NULLs, nothing to dump
-        params = [[j.id for j, *_ in done], [j.lease_id for j, *_ in done], [d[2] for d in done], results,
-                  [d[3] for d in done], worker]
-        return [row[0] for row in execute(connection, _SUCCEED, params)]
+    if connection.vendor != "postgresql":
+        return _finish_portable(alias, items)
+    results = [None if f.result is None else _to_json(f.result) for f in items]
+    column = lambda values: values if any(values) else None  # noqa: E731 - unnest() pads a NULL array
+    params = [[f.job.id for f in items], [f.job.lease_id for f in items], [f.outcome for f in items],
+              column(results), column([f.error for f in items]), column([f.traceback for f in items]),
+              column([f.delay for f in items]), [f.duration for f in items], [f.worker for f in items],
+              column([f.expired for f in items])]
+    stored = {row[0]: row for row in execute(connection, _FINISH, params)}
     ours = []
-    with transaction.atomic(using=alias):
-        for job, result, at, duration in done:
-            if _owned(alias, job).update(status=Status.SUCCEEDED, finished_at=at, result=result,
-                                         lease_expires_at=None, error="", traceback=""):
-                ours.append(job.id)
-                JobExecution.objects.using(alias).create(
-                    job_id=job.id, attempt=job.attempts, worker=worker, started_at=job.started_at,
-                    finished_at=at, duration=timedelta(seconds=duration), outcome=Outcome.SUCCEEDED)
+    for f in items:
+        row = stored.get(f.job.id)
+        if row is not None:
+            _apply(f, attempts=row[1], run_at=row[2], finished_at=row[3])
+            ours.append(f)
     return ours
 
 
-def retry_later(alias: str, job: Claimed, *, error: str, tb: str, run_at: datetime) -> bool:
-    """Put a failed job back in the queue for ``run_at``; False if the lease was lost."""
-    return bool(_owned(alias, job).update(
-        status=Status.QUEUED, run_at=run_at, error=error, traceback=tb, lease_id=None,
-        lease_expires_at=None, worker="", finished_at=timezone.now(),
-    ))
+def _apply(f: Finish, **stored: Any) -> None:
+    """Bring the Job object in line with what ``finish`` stored."""
+    job, requeued = f.job, f.outcome in (RETRYING, RELEASED)
+    job.__dict__.update(stored)
+    job.status = Status.QUEUED if requeued else f.outcome
+    if f.outcome != RELEASED:
+        job.error, job.traceback = f.error, f.traceback
+    if f.outcome == SUCCEEDED:
+        job.result = f.result
+    if f.outcome == RELEASED:
+        job.started_at = None
+    job.lease_expires_at = None
+    if requeued:
+        job.lease_id, job.worker = None, ""
 
 
-def dead_letter(alias: str, job: Claimed, *, error: str, tb: str, expired_before: datetime | None = None) -> bool:
-    """Mark the job dead and write its dead letter in the same transaction; with
-    ``expired_before``, only if its lease still ran out before that time (the sweep)."""
+def _finish_portable(alias: str, items: Sequence[Finish]) -> list[Finish]:
+    """SQLite and MySQL/MariaDB: what _FINISH does, one job at a time in one transaction."""
+    now = database_now(connections[alias])
+    jobs, ours, history, letters = Job.objects.using(alias), [], [], []
     with transaction.atomic(using=alias):
-        now = timezone.now()
-        owned = _owned(alias, job)
-        if expired_before is not None:
-            owned = owned.filter(lease_expires_at__lt=expired_before)
-        if not owned.update(status=Status.DEAD, error=error, traceback=tb, lease_expires_at=None, finished_at=now):
-            return False
-        DeadLetter.objects.using(alias).create(
-            job_id=job.id, name=job.name, queue=job.queue, payload=job.payload, priority=job.priority,
-            attempts=job.attempts, max_attempts=job.max_attempts, key=job.key, error=error,
-            traceback=tb, created_at=now,
-        )
-    return True
+        for f in items:
+            job = f.job
+            owned = jobs.filter(id=job.id, lease_id=job.lease_id, status=Status.RUNNING)
+            if f.expired:
+                owned = owned.filter(lease_expires_at__lt=now)
+            if f.outcome == RELEASED:
+                changes = dict(status=Status.QUEUED, attempts=F("attempts") - 1, started_at=None)
+                stored = dict(attempts=job.attempts - 1)
+            else:
+                retry_later = f.outcome == RETRYING and not f.expired
+                run_at = now + timedelta(seconds=f.delay) if retry_later else job.run_at
+                changes = dict(status=Status.QUEUED if f.outcome == RETRYING else f.outcome, run_at=run_at,
+                               finished_at=now, error=f.error, traceback=f.traceback)
+                if f.outcome == SUCCEEDED:
+                    changes["result"] = f.result
+                stored = dict(run_at=run_at, finished_at=now)
+            if f.outcome in (RETRYING, RELEASED):
+                changes.update(lease_id=None, worker="")
+            if not owned.update(lease_expires_at=None, **changes):
+                continue
+            _apply(f, **stored)
+            ours.append(f)
+            if f.outcome != RELEASED:
+                history.append(JobExecution(
+                    job_id=job.id, attempt=job.attempts, worker=f.worker, started_at=job.started_at,
+                    finished_at=now, outcome=Outcome.LOST if f.expired else (
+                        f.outcome if f.outcome in (SUCCEEDED, SKIPPED) else Outcome.FAILED),
+                    duration=timedelta(seconds=f.duration) if f.duration is not None else (
+                        now - job.started_at if job.started_at else None),
+                    error=f.error))
+            if f.outcome == DEAD:
+                letters.append(DeadLetter(
+                    job_id=job.id, name=job.name, queue=job.queue, payload=job.payload, priority=job.priority,
+                    attempts=job.attempts, max_attempts=job.max_attempts, key=job.key, error=f.error,
+                    traceback=f.traceback, created_at=now))
+        JobExecution.objects.using(alias).bulk_create(history)
+        DeadLetter.objects.using(alias).bulk_create(letters)
+    return ours
 
 
-def release(alias: str, jobs: Sequence[Claimed]) -> int:
-    """Return unfinished jobs to the queue on shutdown, without counting the attempt."""
-    released = 0
-    with transaction.atomic(using=alias):
-        for job in jobs:
-            released += _owned(alias, job).update(
-                status=Status.QUEUED, attempts=F("attempts") - 1, lease_id=None,
-                lease_expires_at=None, worker="", started_at=None,
-            )
-    return released
-
-
-def sweep_expired(alias: str, limit: int = 500) -> tuple[list[Claimed], list[Claimed]]:
-    """Rescue jobs whose worker stopped renewing its lease (crashed, killed, partitioned).
-
-    The lost attempt counts: the job is queued again, or dead-lettered when it has no
-    attempts left. Returns (requeued, dead). Each change is fenced on the expired lease,
-    so two sweeping workers never both act on one job.
-    """
-    now = timezone.now()
-    rows = (Job.objects.using(alias).filter(status=Status.RUNNING, lease_expires_at__lt=now)
-            .order_by("lease_expires_at").values_list(*_COLUMNS, "worker", "lease_id")[:limit])
-    requeued, dead, history = [], [], []
-    for row in rows:
-        job = _claimed(row[:-2], row[-1])
-        if job.attempts >= job.max_attempts:
-            if dead_letter(alias, job, error=WORKER_LOST, tb="", expired_before=now):
-                dead.append(job)
-        elif _owned(alias, job).filter(lease_expires_at__lt=now).update(
-            status=Status.QUEUED, error=WORKER_LOST, lease_id=None, lease_expires_at=None, worker="",
-        ):
-            requeued.append(job)
-        else:
-            continue
-        history.append(JobExecution(
-            job_id=job.id, attempt=job.attempts, worker=row[-2], started_at=job.started_at, finished_at=now,
-            duration=now - job.started_at if job.started_at else None, outcome=Outcome.LOST, error=WORKER_LOST,
-        ))
-    record_executions(alias, history)
-    return requeued, dead
-
-
-def mark_lost_workers(alias: str) -> int:
-    """Flag worker rows whose heartbeat is older than three of their leases."""
-    now = timezone.now()
-    lost = [w.pk for w in Worker.objects.using(alias).filter(lost=False).only("pk", "lease", "last_heartbeat")
-            if w.last_heartbeat < now - timedelta(seconds=3 * w.lease)]
-    return Worker.objects.using(alias).filter(pk__in=lost).update(lost=True) if lost else 0
-
-
-def prune_succeeded(alias: str, keep: timedelta, chunk: int = 5000) -> int:
-    """Delete succeeded jobs that finished more than ``keep`` ago, in small batches."""
-    cutoff = timezone.now() - keep
-    total = 0
-    while True:
-        ids = list(Job.objects.using(alias).filter(status=Status.SUCCEEDED, finished_at__lt=cutoff)
-                   .values_list("id", flat=True)[:chunk])
-        if not ids:
-            return total
-        total += Job.objects.using(alias).filter(id__in=ids, status=Status.SUCCEEDED).delete()[1].get(
-            Job._meta.label, 0)
-        if len(ids) < chunk:
-            return total
+def expired(alias: str, limit: int = 500) -> list[Job]:
+    """Running jobs whose lease ran out by the database's clock (their worker crashed, was
+    killed or cut off), oldest deadline first, for the sweep to finish as lost."""
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        rows = execute(connection, f"SELECT {', '.join(_FIELDS)}, lease_id, worker FROM doctorjob_job "
+                       "WHERE status = 'running' AND lease_expires_at < statement_timestamp() "
+                       "ORDER BY lease_expires_at LIMIT %s",
+                       [limit])
+    else:
+        rows = (Job.objects.using(alias)
+                .filter(status=Status.RUNNING, lease_expires_at__lt=database_now(connection))
+                .order_by("lease_expires_at").values_list(*_FIELDS, "lease_id", "worker")[:limit])
+    return [_job(row[:-2], row[-2], row[-1], alias) for row in rows]

@@ -12,15 +12,14 @@ from operator import attrgetter
 from typing import Any
 
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import F
-from django.db.models.base import ModelState
 from django.utils import timezone
 
 from .conf import settings
 from .exceptions import InvalidEnqueue, InvalidPayload, TransactionRequired
-from .leases import execute
-from .models import DeadLetter, Job, Status
+from .db import execute
+from .models import Job, new_job
 from .registry import get_job_type
+from .signals import job_enqueued
 
 CHANNEL = "doctorjob"
 _ENQUEUE_ARGS = {"job", "payload", "key", "delay", "run_at", "priority", "queue", "max_attempts"}
@@ -41,10 +40,14 @@ def enqueue(
     """Add a job in the current transaction and return it.
 
     With ``key``, a job already holding that key is returned instead and nothing is written.
+    Sends ``job_enqueued`` once the row is written, in the caller's transaction.
     """
     row = build_job(job, payload, key=key, delay=delay, run_at=run_at, priority=priority,
                     queue=queue, max_attempts=max_attempts)
-    return _write([row], using)[0]
+    written = _write([row], using)[0]
+    if job_enqueued.receivers and written is row:  # not for a job that already held the key
+        job_enqueued.send(sender=Job, job=written)
+    return written
 
 
 def enqueue_many(items: Iterable[Any], *, using: str | None = None) -> list[Job]:
@@ -125,7 +128,7 @@ def build_job(
         isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
     ):
         raise InvalidEnqueue(f"job '{job_type.name}': max_attempts must be an integer >= 1, got {max_attempts!r}")
-    return _new_job(
+    return new_job(
         name=job_type.name,
         version=settings.JOBS.get(job_type.name, {}).get("version", job_type.version),
         concurrency_key=job_type.key_for(payload),
@@ -137,26 +140,6 @@ def build_job(
         key=key,
         created_at=now,
     )
-
-
-_template: dict[str, Any] = {}
-
-
-def _new_job(**values: Any) -> Job:
-    """``Job(**values)`` at a fifth of the cost, for enqueue_many's tens of thousands of jobs:
-    the instance is made the way Django unpickles one (``__new__`` and its ``__dict__``),
-    skipping ``Model.__init__``'s per-field work. ``values`` holds every field whose default
-    is callable; the other defaults are immutable and shared. The ``__dict__`` is a copy of a
-    template that already has every key, so filling it never grows it."""
-    if not _template:
-        _template.update((f.attname, None if f.has_default() and callable(f.default) else f.get_default())
-                         for f in Job._meta.concrete_fields)
-        _template["_state"] = None
-    job = Job.__new__(Job)
-    job.__dict__ = state = _template.copy()
-    state.update(values)
-    state["_state"] = ModelState()
-    return job
 
 
 def check_json(payload: Any, job_name: str) -> None:
@@ -247,7 +230,7 @@ _COLUMNS = (("name", "text"), ("queue", "text"), ("priority", "int"), ("run_at",
 _NOTIFY = ", (SELECT count(pg_notify('" + CHANNEL + "', q)) FROM unnest(%b::text[]) AS q)"
 _CONFLICT = "ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING"  # the partial unique index
 # The same for the commonest case, one job: plain VALUES plan faster than unnest(), and the
-# statement is prepared once per connection (see leases.may_prepare). By (key given, NOTIFY).
+# statement is prepared once per connection (see db.may_prepare). By (key given, NOTIFY).
 _INSERT_ONE = {(keyed, notify): f"""
 INSERT INTO doctorjob_job (name, queue, payload, status, priority, run_at, attempts, max_attempts,
                            key, created_at, version, concurrency_key, worker, error, traceback)
@@ -333,42 +316,3 @@ def _write_portable(rows: list[Job], alias: str) -> list[Job]:
                 row = Job.objects.using(alias).get(key=row.key)
         result.append(row)
     return result
-
-
-def requeue(dead_letter, payload: Any = None, *, using: str | None = None) -> Job:
-    """Create a fresh queued job from a dead letter and mark it requeued, in one transaction."""
-    alias = using or router.db_for_write(DeadLetter)
-    with transaction.atomic(using=alias):
-        letter = DeadLetter.objects.using(alias).select_for_update().get(pk=dead_letter.pk)
-        if letter.requeued_at is not None:
-            raise InvalidEnqueue(f"dead letter #{letter.pk} was already requeued as job #{letter.requeued_job_id}")
-        row = build_job(letter.name, letter.payload if payload is None else payload,
-                        priority=letter.priority, queue=letter.queue, max_attempts=letter.max_attempts)
-        job = _write([row], alias)[0]
-        letter.requeued_at, letter.requeued_job = timezone.now(), job
-        letter.save(update_fields=["requeued_at", "requeued_job"])
-    return job
-
-
-def retry(jobs, *, using: str | None = None) -> int:
-    """Queue dead or cancelled jobs to run now and mark their dead letters requeued as them, so
-    the same work cannot be requeued twice; returns how many were queued."""
-    alias, now = using or router.db_for_write(Job), timezone.now()
-    with transaction.atomic(using=alias):
-        already = DeadLetter.objects.using(alias).filter(requeued_at__isnull=False, job__isnull=False)
-        pks = list(Job.objects.using(alias).select_for_update().filter(
-            pk__in=[j.pk for j in jobs], status__in=[Status.DEAD, Status.CANCELLED],
-        ).exclude(pk__in=already.values("job_id")).values_list("pk", flat=True))
-        DeadLetter.objects.using(alias).filter(job_id__in=pks, requeued_at__isnull=True).update(
-            requeued_at=now, requeued_job_id=F("job_id"))
-        return Job.objects.using(alias).filter(pk__in=pks).update(
-            status=Status.QUEUED, run_at=now, attempts=0, lease_id=None,
-            lease_expires_at=None, worker="", finished_at=None)
-
-
-def cancel(jobs, *, using: str | None = None) -> int:
-    """Cancel queued jobs so they never run; returns how many were cancelled."""
-    qs = Job.objects.using(using or router.db_for_write(Job)).filter(
-        pk__in=[j.pk for j in jobs], status=Status.QUEUED
-    )
-    return qs.update(status=Status.CANCELLED, finished_at=timezone.now())

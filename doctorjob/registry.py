@@ -54,6 +54,11 @@ class JobType:
         except Exception as exc:
             raise InvalidPayload(f"concurrency_key of job '{self.name}' failed on the payload: {exc!r}") from exc
 
+    def call(self, payload: Any, ctx: Any) -> Any:
+        """Run the handler for one attempt. How a handler is called is the job type's business:
+        another calling convention (say, ``Task.call(*args, **kwargs)``) overrides this alone."""
+        return self.func(payload, ctx)
+
     @property
     def path(self) -> str:
         return f"{self.func.__module__}.{self.func.__qualname__}"

@@ -1,9 +1,10 @@
 """The worker: claim → run → record, with leases, retries and graceful shutdown.
 
 One main thread owns the worker's database connection: it claims jobs in batches, hands them
-to a pool of handler threads, records their outcomes in batches, renews leases, sweeps
-expired leases and prunes old jobs. Handlers run in the pool threads, each with its own
-Django connection (closed between jobs when stale). No argparse here: see run_jobs.
+to a pool of handler threads, records their outcomes in batches and renews leases. Handlers
+run in the pool threads, each with its own Django connection (closed between jobs when stale).
+The cluster-wide chores (lease sweep, pruning, schedule ticks) run on a thread of their own
+(``maintenance``). No argparse here: see run_jobs.
 """
 from __future__ import annotations
 
@@ -16,48 +17,34 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
-from functools import partial
 from typing import Any
 
-from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.utils import timezone
 
-from . import definitions, leases, schedule
+from . import definitions, leases
 from .conf import settings
 from .context import JobContext, install_log_record_factory, set_current_job
+from .db import behind_pooler, database_now
 from .exceptions import InvalidPayload, LeaseLost, PermanentError
-from .leases import Claimed
-from .models import Job, JobDefinition, JobExecution, Outcome, QueueState
+from .leases import RELEASED, Finish
+from .maintenance import Maintenance
+from .models import Job, JobDefinition
 from .models import Worker as WorkerRow
 from .outbox import first_non_json
 from .registry import registry
 from .retry import retry_delay
+from .signal_handlers import QuietPerJob
+from .signals import DEAD, RETRYING, SKIPPED, SUCCEEDED, job_finished, job_started, send_robust
 
 logger = logging.getLogger("doctorjob")
 
-PRUNE_EVERY = 60.0
 RECORD_EVERY = 0.05  # seconds an outcome may wait to be saved with others in one statement
-REFRESH_EVERY = 1.0  # pauses, minimal versions and schedules are re-read this often
-TICK_EVERY = 0.25  # due schedule ticks are checked this often (6-field schedules tick each second)
-
-
-@dataclass
-class Attempt:
-    """What happened to one attempt, reported by a handler thread to the main thread."""
-
-    job: Claimed
-    kind: str  # succeeded, recorded (atomic, already saved), failed, dead, skipped, lost
-    duration: float
-    result: Any = None
-    error: str = ""
-    traceback: str = ""
-    finished_at: datetime | None = None
+REFRESH_EVERY = 1.0  # minimal versions are re-read this often
+# What a handler thread reports: the outcome to record ("todo"), already recorded with the
+# handler's own writes ("done", atomic jobs), or not ours any more ("lost").
+TODO, DONE, LOST = "todo", "done", "lost"
 
 
 class Worker:
@@ -97,23 +84,16 @@ class Worker:
         self.processed = 0
         self._stopping = threading.Event()
         self._wake = threading.Event()
-        self._todo: queues_module.SimpleQueue[Claimed | None] = queues_module.SimpleQueue()
-        self._done: queues_module.SimpleQueue[Attempt] = queues_module.SimpleQueue()
-        self._in_flight: dict[int, Claimed] = {}
-        self._unrecorded: list[Attempt] = []
+        self._todo: queues_module.SimpleQueue[Job | None] = queues_module.SimpleQueue()
+        self._done: queues_module.SimpleQueue[tuple[Finish, str]] = queues_module.SimpleQueue()
+        self._in_flight: dict[int, Job] = {}
+        self._unrecorded: list[tuple[Finish, str]] = []
         self._claimed = 0
-        self._due = {"renew": 0.0, "sweep": 0.0, "prune": 0.0, "refresh": 0.0, "tick": 0.0}
-        self._paused_names: list[str] = []
-        self._paused_queues: list[str] = []
+        self._due = {"renew": 0.0, "refresh": 0.0}
         self._min_version: dict[str, int] = {}
-        self._schedules: list[tuple[str, str, datetime | None, Any, str | None]] = []
-        self._last_tick: dict[str, datetime] = {}
-        self._keyed = False
         self._skip_on_overlap: list[str] = []
         self._low_water = max(self.batch_size // 2, self.concurrency)
-        # timezone.now() reads settings.USE_TZ on each call, through Django's LazySettings, which
-        # costs more than the rest of a no-op job's bookkeeping: the worker reads it once.
-        self._now = partial(datetime.now, dt_timezone.utc) if django_settings.USE_TZ else datetime.now
+        self.maintenance = Maintenance(self.alias, self.id, self.lease, self._stopping, self._finished)
 
     # -- control ------------------------------------------------------------------------------
 
@@ -126,6 +106,16 @@ class Worker:
 
     def run(self) -> None:
         install_log_record_factory()
+        quiet = None if self.log_jobs else QuietPerJob()
+        if quiet:
+            logger.addFilter(quiet)
+        try:
+            self._run()
+        finally:
+            if quiet:
+                logger.removeFilter(quiet)
+
+    def _run(self) -> None:
         failures = 0
         while True:  # e.g. the database restarting, or SQLite locked by another worker's start-up
             try:
@@ -140,6 +130,7 @@ class Worker:
                    for i in range(self.concurrency)]
         for thread in threads:
             thread.start()
+        self.maintenance.start()
         wakeup = self._start_listener()
         logger.info(
             "worker started worker=%s queues=%s concurrency=%s batch_size=%s lease=%ss wakeup=%s",
@@ -152,6 +143,7 @@ class Worker:
             self._shutdown()
             for _ in threads:
                 self._todo.put(None)
+            self.maintenance.join(self.shutdown_timeout + 10)
             try:
                 WorkerRow.objects.using(self.alias).filter(name=self.id).delete()
             except DatabaseError as exc:
@@ -160,46 +152,24 @@ class Worker:
         logger.info("worker stopped worker=%s processed=%s", self.id, self.processed)
 
     def _start_up(self) -> None:
-        """Sync job definitions, warn about unversioned changes, register this worker."""
+        """Sync job definitions, warn about unversioned changes, register this worker, and do the
+        chores once if no other worker does them (a burst worker rescues lost jobs first)."""
         for change in definitions.sync(self.alias):
             logger.info("definition %s", change)
         for problem in definitions.unversioned_changes(self.alias):
             logger.warning("%s: increment its version (doctorjob.W001)", problem)
+        now = database_now(connections[self.alias])
         WorkerRow.objects.using(self.alias).update_or_create(name=self.id, defaults=dict(
             host=socket.gethostname(), pid=os.getpid(), queues=",".join(self.queues or []),
-            concurrency=self.concurrency, lease=self.lease,
+            concurrency=self.concurrency, lease=self.lease, started_at=now, last_heartbeat=now,
         ))
-        self._keyed = any(t.singleton or t.concurrency_key for t in registry.values())
         self._skip_on_overlap = [n for n, t in registry.items() if t.on_overlap == "skip"]
+        self.maintenance.run_due()
 
     def _refresh_definitions(self) -> None:
-        """Re-read pauses, minimal versions and schedules (operators change them at any time)."""
-        rows = list(JobDefinition.objects.using(self.alias).filter(retired=False).values_list(
-            "name", "paused", "min_version", "schedule", "scheduled_since", "payload", "options"))
-        self._paused_names = [name for name, paused, *_ in rows if paused]
-        self._min_version = {name: min_version for name, _, min_version, *_ in rows}
-        self._schedules = [(name, schedule, since, payload, (options or {}).get("timezone"))
-                           for name, paused, _, schedule, since, payload, options in rows
-                           if schedule and not paused and name in registry]
-        self._paused_queues = list(QueueState.objects.using(self.alias).filter(paused=True)
-                                   .values_list("name", flat=True))
-
-    def _enqueue_due_ticks(self) -> None:
-        """Enqueue the latest due tick of every schedule, once: the tick's key makes a second
-        worker's attempt (or ours, after a restart) a no-op."""
-        from .outbox import enqueue
-
-        now = timezone.now()
-        for name, expression, since, payload, tz in self._schedules:
-            if self.queues and registry[name].queue not in self.queues:
-                continue
-            tick = schedule.latest_tick(expression, now, tz)
-            if (since and tick < since) or self._last_tick.get(name) == tick:
-                continue
-            job = enqueue(name, payload, key=schedule.tick_key(name, tick), using=self.alias)
-            self._last_tick[name] = tick
-            if job.created_at >= now:
-                logger.info("scheduled job_id=%s name=%s tick=%s", job.pk, name, tick.isoformat())
+        """Re-read minimal versions (operators change them at any time)."""
+        self._min_version = dict(JobDefinition.objects.using(self.alias).filter(retired=False)
+                                 .values_list("name", "min_version"))
 
     # -- main loop ----------------------------------------------------------------------------
 
@@ -207,14 +177,14 @@ class Worker:
         failures, next_poll = 0, 0.0
         while not self._stopping.is_set():
             # Claim when something asked for it (NOTIFY, the handler threads running low) or
-            # polling is due; other wake-ups only save outcomes and run maintenance.
+            # polling is due; other wake-ups only save outcomes and renew leases.
             woken = self._wake.is_set()
             self._wake.clear()
             polling = woken or time.monotonic() >= next_poll
             try:
                 self._record()
-                self._maintain()
-                claimed, full = self._claim() if polling else (0, False)
+                self._renew()
+                picked, full = self._claim() if polling else (0, False)
                 failures = 0
             except (OperationalError, InterfaceError) as exc:
                 failures += 1
@@ -223,7 +193,7 @@ class Worker:
             if polling:
                 next_poll = time.monotonic() + self.poll_interval
             if not self._in_flight and (
-                (self.burst and polling and not claimed)
+                (self.burst and polling and not picked)
                 or (self.max_jobs is not None and self._claimed >= self.max_jobs)
             ):
                 return
@@ -240,7 +210,7 @@ class Worker:
 
     def _claim(self) -> tuple[int, bool]:
         """Top up the jobs waiting for a handler thread to about one batch ahead of the threads,
-        so they never wait on a claim round trip. Returns (claimed, whether the batch was full)."""
+        so they never wait on a claim round trip. Returns (rows picked, whether the batch was full)."""
         waiting = self._todo.qsize()
         if waiting > self._low_water:
             return 0, False
@@ -249,22 +219,15 @@ class Worker:
             limit = min(limit, self.max_jobs - self._claimed)
         if limit <= 0:
             return 0, False
-        filters = dict(queues=self.queues, paused_names=self._paused_names, paused_queues=self._paused_queues)
-        jobs = leases.claim(self.alias, worker=self.id, limit=limit, lease=self.lease, **filters)
-        free_threads = self.concurrency - len(self._in_flight) - len(jobs)
-        if self._keyed and len(jobs) < limit and free_threads > 0:
-            # Only as many keyed jobs as threads are free: a held key blocks every other worker.
-            keyed, skipped = leases.claim_keyed(
-                self.alias, worker=self.id, limit=min(limit - len(jobs), free_threads), lease=self.lease,
-                skip_on_overlap=self._skip_on_overlap, **filters)
-            for job_id in skipped:
-                logger.info("skipped job_id=%s: another run with its concurrency key is in progress", job_id)
-            jobs += keyed
-        self._claimed += len(jobs)
-        for job in jobs:
+        claim = leases.claim(self.alias, worker=self.id, limit=limit, lease=self.lease, queues=self.queues,
+                             skip_on_overlap=self._skip_on_overlap)
+        for job in claim.skipped:
+            send_robust(job_finished, job=job, outcome=SKIPPED, duration=None)
+        self._claimed += len(claim.jobs)
+        for job in claim.jobs:
             self._in_flight[job.id] = job
             self._todo.put(job)
-        return len(jobs), len(jobs) == limit
+        return claim.picked, claim.picked == limit
 
     def _wait_time(self, next_poll: float) -> float:
         now = time.monotonic()
@@ -274,7 +237,8 @@ class Worker:
         return max(0.0, wait)
 
     def _record(self) -> None:
-        """Save the outcomes handler threads reported: successes in one statement."""
+        """Save the outcomes handler threads reported, all in one statement, then tell the
+        ``job_finished`` receivers."""
         while True:
             try:
                 self._unrecorded.append(self._done.get_nowait())
@@ -284,90 +248,37 @@ class Worker:
             return
         pending, self._unrecorded = self._unrecorded, []
         try:
-            successes = [o for o in pending if o.kind == "succeeded"]
-            ours = set(leases.succeed(self.alias, [(o.job, o.result, o.finished_at, o.duration)
-                                                   for o in successes], self.id))
-            for o in successes:
-                if o.job.id not in ours:
-                    o.kind = "lost"  # another worker took it over: our success changed nothing
-            history = []
-            for outcome in pending:
-                if self._record_one(outcome) and outcome.kind in ("failed", "dead", "skipped"):
-                    history.append(self._execution(outcome))
-                self._in_flight.pop(outcome.job.id, None)
-                self.processed += 1
-            leases.record_executions(self.alias, history)
+            ours = {f.job.id for f in leases.finish(self.alias, [f for f, state in pending if state == TODO])}
         except BaseException:
-            # Keep what is not recorded for the next round; recording is idempotent (fenced).
-            self._unrecorded = [o for o in pending if o.job.id in self._in_flight] + self._unrecorded
+            self._unrecorded = pending + self._unrecorded  # recording is idempotent (fenced)
             raise
+        finished = []
+        for f, state in pending:
+            self._in_flight.pop(f.job.id, None)
+            self.processed += 1
+            if state == DONE or (state == TODO and f.job.id in ours):
+                finished.append(f)
+            else:
+                logger.warning("lease lost job_id=%s name=%s attempt=%s: another worker took the job over",
+                               f.job.id, f.job.name, f.job.attempts)
+        self._finished(finished)
 
-    def _execution(self, o: Attempt) -> JobExecution:
-        finished = o.finished_at or timezone.now()
-        outcome = Outcome.SKIPPED if o.kind == "skipped" else Outcome.FAILED
-        return JobExecution(job_id=o.job.id, attempt=o.job.attempts, worker=self.id, started_at=o.job.started_at,
-                            finished_at=finished, duration=timedelta(seconds=o.duration), outcome=outcome,
-                            error=o.error)
+    @staticmethod
+    def _finished(finished: Sequence[Finish]) -> None:
+        for f in finished:
+            send_robust(job_finished, job=f.job, outcome=f.outcome, duration=f.duration)
 
-    def _record_one(self, o: Attempt) -> bool:
-        """Save one outcome (successes are already saved); False if the lease was lost."""
-        job, log = o.job, logger.info
-        if o.kind in ("succeeded", "recorded"):
-            if self.log_jobs:
-                log("succeeded job_id=%s name=%s attempt=%s duration=%.3fs", job.id, job.name, job.attempts,
-                    o.duration)
-            return True
-        if o.kind == "skipped":
-            if ours := leases.skip(self.alias, job, o.error):
-                log("skipped job_id=%s name=%s attempt=%s reason=%s", job.id, job.name, job.attempts, o.error)
-        elif o.kind == "failed" and job.attempts < job.max_attempts:
-            backoff = registry[job.name].backoff_policy()
-            run_at = timezone.now() + timedelta(seconds=retry_delay(backoff, job.attempts))
-            if ours := leases.retry_later(self.alias, job, error=o.error, tb=o.traceback, run_at=run_at):
-                logger.warning("retrying job_id=%s name=%s attempt=%s next_run_at=%s error=%s",
-                               job.id, job.name, job.attempts, run_at.isoformat(), o.error)
-        elif o.kind != "lost":
-            if ours := leases.dead_letter(self.alias, job, error=o.error, tb=o.traceback):
-                logger.error("dead job_id=%s name=%s attempt=%s error=%s", job.id, job.name, job.attempts, o.error)
-        else:
-            ours = False
-        if not ours:
-            logger.warning("lease lost job_id=%s name=%s attempt=%s: another worker took the job over",
-                           job.id, job.name, job.attempts)
-        return ours
-
-    def _maintain(self) -> None:
-        """Renew our leases every third of the lease, sweep others' expired ones once per lease,
-        prune succeeded jobs every minute."""
+    def _renew(self) -> None:
+        """Renew our leases and our heartbeat every third of the lease; re-read minimal versions."""
         now = time.monotonic()
         if now >= self._due["renew"]:
             leases.renew(self.alias, self._in_flight.values(), self.lease)
             WorkerRow.objects.using(self.alias).filter(name=self.id).update(
-                last_heartbeat=timezone.now(), lost=False)
+                last_heartbeat=database_now(connections[self.alias]), lost=False)
             self._due["renew"] = now + self.lease / 3
         if now >= self._due["refresh"]:
             self._refresh_definitions()
             self._due["refresh"] = now + REFRESH_EVERY
-        if now >= self._due["tick"]:
-            if self._schedules and not self._stopping.is_set():
-                self._enqueue_due_ticks()
-            # Without schedules only the refresh can bring one: don't wake up for nothing.
-            self._due["tick"] = now + (TICK_EVERY if self._schedules else REFRESH_EVERY)
-        if now >= self._due["sweep"]:
-            requeued, dead = leases.sweep_expired(self.alias)
-            for job in requeued:
-                logger.warning("requeued job_id=%s name=%s attempt=%s: %s", job.id, job.name, job.attempts,
-                               leases.WORKER_LOST)
-            for job in dead:
-                logger.error("dead job_id=%s name=%s attempt=%s error=%s", job.id, job.name, job.attempts,
-                             leases.WORKER_LOST)
-            leases.mark_lost_workers(self.alias)
-            self._due["sweep"] = now + self.lease
-        if now >= self._due["prune"]:
-            pruned = leases.prune_succeeded(self.alias, settings.KEEP_SUCCEEDED)
-            if pruned:
-                logger.info("pruned succeeded jobs count=%s", pruned)
-            self._due["prune"] = now + PRUNE_EVERY
 
     def _reset_connection(self) -> None:
         try:
@@ -393,19 +304,17 @@ class Worker:
         while True:
             try:
                 if not_started:
-                    leases.release(self.alias, not_started)
-                    for job in not_started:
-                        self._in_flight.pop(job.id, None)
+                    self._release(not_started)
                     not_started = []
                 self._record()
                 running = list(self._in_flight.values())
                 if not running:
                     return
                 if time.monotonic() >= deadline:
-                    released = leases.release(self.alias, running)
+                    released = self._release(running)
                     logger.warning("shutdown timeout: returned %s running job(s) to the queue", released)
                     return
-                self._maintain()
+                self._renew()
             except (OperationalError, InterfaceError) as exc:
                 logger.warning("database unavailable during shutdown: %s", exc)
                 self._reset_connection()
@@ -413,6 +322,12 @@ class Worker:
                     return  # leases expire and other workers rescue the jobs
             self._wake.clear()
             self._wake.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def _release(self, jobs: Sequence[Job]) -> int:
+        released = leases.finish(self.alias, [Finish(job, RELEASED, worker=self.id) for job in jobs])
+        for job in jobs:
+            self._in_flight.pop(job.id, None)
+        return len(released)
 
     # -- handler threads ------------------------------------------------------------------------
 
@@ -440,46 +355,53 @@ class Worker:
             if self._todo.qsize() <= self._low_water:
                 self._wake.set()
 
-    def _execute(self, job: Claimed) -> Attempt:
+    def _execute(self, job: Job) -> tuple[Finish, str]:
+        """Run one job's handler and say what to record: succeeded, retrying (with the backoff's
+        delay), dead or skipped."""
         started = time.monotonic()
         job_type = registry.get(job.name)
         if job_type is None:
-            return Attempt(job, "dead", 0.0, error=f"unknown job '{job.name}': no handler is registered "
-                                                  "under that name in this worker")
+            return self._failed(job, DEAD, f"unknown job '{job.name}': no handler is registered under that "
+                                "name in this worker")
         try:
             job_type.validate(job.payload)
         except InvalidPayload as exc:
-            return Attempt(job, "dead", 0.0, error=str(exc))
+            return self._failed(job, DEAD, str(exc))
         min_version = self._min_version.get(job.name, job_type.min_version)
         if job.version < min_version:
-            return Attempt(job, "skipped", 0.0, error=f"version {job.version} of job '{job.name}' is below "
-                           f"its minimal supported version {min_version}")
+            return self._failed(job, SKIPPED, f"version {job.version} of job '{job.name}' is below its minimal "
+                                f"supported version {min_version}")
         ctx = JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts, job.key,
                          job.created_at, self.id)
         set_current_job(ctx, job.version)
-        if self.log_jobs and logger.isEnabledFor(logging.INFO):
-            logger.info("claimed job_id=%s name=%s attempt=%s", job.id, job.name, job.attempts)
+        send_robust(job_started, job=job)
         try:
             if job_type.atomic:
                 # The handler's writes and the success mark commit together or not at all.
                 with transaction.atomic(using=self.alias):
-                    result = _jsonable(job_type.func(job.payload, ctx), ctx)
-                    duration = time.monotonic() - started
-                    if not leases.succeed(self.alias, [(job, result, timezone.now(), duration)], self.id):
+                    result = _jsonable(job_type.call(job.payload, ctx), ctx)
+                    done = Finish(job, SUCCEEDED, result, duration=time.monotonic() - started, worker=self.id)
+                    if not leases.finish(self.alias, [done]):
                         raise LeaseLost(f"job {job.id} is no longer held by this worker")
-                return Attempt(job, "recorded", time.monotonic() - started)
-            result = _jsonable(job_type.func(job.payload, ctx), ctx)
-            return Attempt(job, "succeeded", time.monotonic() - started, result, finished_at=self._now())
+                return done, DONE
+            result = _jsonable(job_type.call(job.payload, ctx), ctx)
+            return Finish(job, SUCCEEDED, result, duration=time.monotonic() - started, worker=self.id), TODO
         except LeaseLost:
-            return Attempt(job, "lost", time.monotonic() - started)
+            return Finish(job, SUCCEEDED, duration=time.monotonic() - started, worker=self.id), LOST
         except PermanentError as exc:
-            return Attempt(job, "dead", time.monotonic() - started, error=_describe(exc),
-                           traceback=traceback.format_exc())
+            return self._failed(job, DEAD, _describe(exc), traceback.format_exc(), started)
         except BaseException as exc:  # noqa: BLE001 - a handler must never kill its thread
-            return Attempt(job, "failed", time.monotonic() - started, error=_describe(exc),
-                           traceback=traceback.format_exc())
+            if job.attempts < job.max_attempts:
+                delay = retry_delay(job_type.backoff_policy(), job.attempts)
+                return self._failed(job, RETRYING, _describe(exc), traceback.format_exc(), started, delay)
+            return self._failed(job, DEAD, _describe(exc), traceback.format_exc(), started)
         finally:
             set_current_job(None)
+
+    def _failed(self, job: Job, outcome: str, error: str, tb: str = "", started: float | None = None,
+                delay: float = 0.0) -> tuple[Finish, str]:
+        duration = 0.0 if started is None else time.monotonic() - started
+        return Finish(job, outcome, error=error, traceback=tb, delay=delay, duration=duration, worker=self.id), TODO
 
     # -- LISTEN/NOTIFY --------------------------------------------------------------------------
 
@@ -491,7 +413,7 @@ class Worker:
             return poll
         if alias is None:
             alias = self.alias
-            if leases.behind_pooler(connections[alias]):  # a LISTEN there hears nothing after its transaction
+            if behind_pooler(connections[alias]):  # a LISTEN there hears nothing after its transaction
                 return (f"{poll} (no LISTEN through the pooler of '{alias}', which sets "
                         "DISABLE_SERVER_SIDE_CURSORS; DOCTORJOB['LISTEN_DATABASE'] can name a direct alias)")
         if connections[alias].vendor != "postgresql":

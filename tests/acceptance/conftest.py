@@ -19,7 +19,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture
 def workers(transactional_db, tmp_path: Path, request) -> Iterator[Callable[..., WorkerProcess]]:
     """Start ``run_jobs`` processes: ``workers("--concurrency", "2")`` returns a WorkerProcess,
-    by default once it logged that it started.
+    by default once it logged that it started; ``env`` adds to its environment.
 
     Depends on ``transactional_db`` so that every worker still alive at the end of the test is
     killed before the database is flushed. When the test failed, each worker still running
@@ -27,8 +27,10 @@ def workers(transactional_db, tmp_path: Path, request) -> Iterator[Callable[...,
     """
     started: list[WorkerProcess] = []
 
-    def start(*args: str, wait: bool = True, database_url: str | None = None) -> WorkerProcess:
-        worker = WorkerProcess(list(args), tmp_path / f"worker-{len(started) + 1}.log", worker_env(database_url))
+    def start(*args: str, wait: bool = True, database_url: str | None = None,
+              env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(list(args), tmp_path / f"worker-{len(started) + 1}.log",
+                               {**worker_env(database_url), **(env or {})})
         started.append(worker)
         if wait:
             worker.wait_started()

@@ -37,7 +37,7 @@ def test_job_of_a_sigkilled_worker_runs_to_success_exactly_once_more(workers, tm
     job.refresh_from_db()
     assert (job.status, job.attempts) == (Status.RUNNING, 2)  # the lost attempt counts
     assert "worker lost" in job.error
-    assert f"requeued job_id={job.pk}" in second.output()
+    assert f"retrying job_id={job.pk} name=tests.block attempt=1" in second.output()
 
     release.touch()
     wait_for(lambda: status_of(job) == Status.SUCCEEDED, message="the job to succeed")

@@ -1,4 +1,5 @@
-"""The state changes a worker writes, each fenced by the lease it claimed the job under."""
+"""The state changes a worker writes, each fenced by the lease it claimed the job under, and the
+maintenance chores that rescue and prune jobs."""
 from __future__ import annotations
 
 import threading
@@ -9,9 +10,10 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from doctorjob import enqueue, enqueue_many, leases
-from doctorjob.leases import WORKER_LOST
+from doctorjob import db, enqueue, enqueue_many, leases, maintenance
+from doctorjob.leases import RELEASED, WORKER_LOST, Finish
 from doctorjob.models import DeadLetter, Job, JobExecution, Status
+from doctorjob.signals import DEAD, RETRYING, SKIPPED, SUCCEEDED
 
 from .factories import DeadLetterFactory, JobFactory
 
@@ -21,7 +23,18 @@ DB = "default"
 
 
 def claim(worker: str = "worker-a", *, limit: int = 10, lease: float = 30, queues=None):
-    return leases.claim(DB, worker=worker, limit=limit, lease=lease, queues=queues)
+    return leases.claim(DB, worker=worker, limit=limit, lease=lease, queues=queues).jobs
+
+
+def finish(*items: Finish) -> list[int]:
+    """Record ``items``; the ids of the jobs whose outcome was ours to record."""
+    return [f.job.id for f in leases.finish(DB, items)]
+
+
+def sweep() -> tuple[list[Job], list[Job]]:
+    """The maintenance sweep: (jobs queued again, jobs dead-lettered)."""
+    done = maintenance.sweep_expired(DB)
+    return [f.job for f in done if f.outcome == RETRYING], [f.job for f in done if f.outcome == DEAD]
 
 
 def enqueue_many_noop(count: int) -> list[Job]:
@@ -36,7 +49,7 @@ def expire(*jobs) -> None:
 def take_over(job):
     """Simulate another worker rescuing ``job`` after its holder's lease ran out."""
     expire(job)
-    requeued, dead = leases.sweep_expired(DB)
+    requeued, dead = sweep()
     assert [j.id for j in requeued] == [job.id] and not dead
     (new,) = claim("worker-b", limit=1)
     assert new.id == job.id and new.lease_id != job.lease_id
@@ -68,7 +81,7 @@ def test_claim_returns_each_payload_as_it_was_enqueued():
 
 def test_the_payload_loader_reads_jsonb_from_bytes_and_memoryview_and_refuses_other_versions():
     psycopg = pytest.importorskip("psycopg")
-    load = leases._jsonb_loader()(3802).load  # 3802: jsonb
+    load = db._jsonb_loader()(3802).load  # 3802: jsonb
     document = b'\x01{"text": "zo\xc3\xab", "n": [1, 2.5, null]}'
     assert load(document) == load(memoryview(document)) == {"text": "zoë", "n": [1, 2.5, None]}
     with pytest.raises(psycopg.DataError, match="unknown jsonb binary format: 2"):
@@ -143,21 +156,22 @@ def test_the_claim_reads_jobs_in_index_order_whatever_the_statistics_say():
         cursor.execute("TRUNCATE doctorjob_job CASCADE")
         cursor.execute("DELETE FROM pg_statistic WHERE starelid = 'doctorjob_job'::regclass")
     enqueue_many_noop(20_000)
-    now = timezone.now()
     explain = "EXPLAIN " + leases._CLAIM.format(filters="")
-    params = [uuid.uuid4(), "w", now, now, now, 100]
+    params = [[], 100, uuid.uuid4(), "w", 30.0]
 
     def plan(**planner) -> str:
-        return "\n".join(row[0] for row in leases.execute(connection, explain, params, **planner))
+        return "\n".join(row[0] for row in db.execute(connection, explain, params, **planner))
 
-    assert "Sort" in plan(), "left to the statistics, the claim sorts the backlog"
     guided = plan(planner=leases._CLAIM_PLANNER)
     assert "Index Scan using doctorjob_job_claim_any" in guided and "Sort" not in guided
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('enable_sort'), current_setting('enable_bitmapscan')")
         assert cursor.fetchone() == ("on", "on"), "the settings lasted for the claim only"
     with transaction.atomic():  # there they would last until the block ends: not applied
-        assert "Sort" in plan(planner=leases._CLAIM_PLANNER)
+        plan(planner=leases._CLAIM_PLANNER)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('enable_sort')")
+            assert cursor.fetchone() == ("on",)
 
 
 @pytest.mark.postgresql
@@ -213,58 +227,68 @@ def test_renew_of_nothing_is_a_no_op():
     assert leases.renew(DB, [], 30) == 0
 
 
-# -- succeed / retry_later / dead_letter --------------------------------------------------------
+
+def test_renew_counts_from_the_databases_clock():
+    enqueue("tests.noop")
+    (job,) = claim(lease=5)
+    leases.renew(DB, [job], 300)
+    now = db.database_now(connection)
+    deadline = Job.objects.get(pk=job.id).lease_expires_at
+    assert now + timedelta(seconds=299) <= deadline <= now + timedelta(seconds=300)
 
 
-def test_succeed_records_many_results_at_once():
+# -- finish -------------------------------------------------------------------------------------
+
+
+def test_finish_records_many_successes_at_once():
     enqueue_many_noop(3)
     jobs = claim()
-    at = timezone.now()
-    ours = leases.succeed(DB, [(j, {"i": i}, at, 0.5) for i, j in enumerate(jobs)], "worker-a")
-    assert sorted(ours) == sorted(j.id for j in jobs)  # in no particular order
+    before = db.database_now(connection)
+    ours = finish(*[Finish(j, SUCCEEDED, {"i": i}, duration=0.5, worker="worker-a") for i, j in enumerate(jobs)])
+    assert sorted(ours) == sorted(j.id for j in jobs)
     rows = Job.objects.in_bulk([j.id for j in jobs])
     for i, j in enumerate(jobs):
         row = rows[j.id]
-        assert (row.status, row.result, row.finished_at, row.lease_expires_at) == (Status.SUCCEEDED, {"i": i}, at, None)
+        assert (row.status, row.result, row.lease_expires_at) == (Status.SUCCEEDED, {"i": i}, None)
+        assert before <= row.finished_at <= db.database_now(connection)
+        assert (j.status, j.result, j.finished_at) == (Status.SUCCEEDED, {"i": i}, row.finished_at)
     executions = JobExecution.objects.filter(job_id__in=[j.id for j in jobs])
-    assert sorted(executions.values_list("outcome", "worker", "attempt")) == [("succeeded", "worker-a", 1)] * 3
+    assert sorted(executions.values_list("outcome", "worker", "attempt", "duration")) == [
+        ("succeeded", "worker-a", 1, timedelta(seconds=0.5))] * 3
 
 
-def test_succeed_by_a_worker_whose_lease_was_taken_over_changes_nothing():
+def test_finish_by_a_worker_whose_lease_was_taken_over_changes_nothing():
     enqueue_many_noop(2)
     old, other = claim(lease=5)
     new = take_over(old)
-    done = [(old, "late", timezone.now(), 1.0), (other, "ok", timezone.now(), 1.0)]
-    assert leases.succeed(DB, done, "worker-a") == [other.id]
+    assert finish(Finish(old, SUCCEEDED, "late"), Finish(other, SUCCEEDED, "ok"), Finish(old, DEAD, error="x"),
+                  Finish(old, RETRYING, error="x"), Finish(old, SKIPPED, error="x")) == [other.id]
     row = Job.objects.get(pk=old.id)
     assert (row.status, row.lease_id, row.worker, row.result) == (Status.RUNNING, new.lease_id, "worker-b", None)
     assert Job.objects.get(pk=other.id).status == Status.SUCCEEDED
-    assert list(JobExecution.objects.filter(outcome="succeeded").values_list("job_id", flat=True)) == [other.id]
+    assert not DeadLetter.objects.exists()
+    assert list(JobExecution.objects.exclude(outcome="lost").values_list("job_id", flat=True)) == [other.id]
 
 
-def test_retry_later_requeues_with_the_error_and_releases_the_lease():
+def test_a_retry_is_queued_again_after_its_delay_by_the_databases_clock_keeping_the_error():
     job = enqueue("tests.noop")
     (claimed,) = claim()
-    run_at = timezone.now() + timedelta(minutes=5)
-    assert leases.retry_later(DB, claimed, error="RuntimeError: boom", tb="Traceback...", run_at=run_at)
+    before = db.database_now(connection)
+    assert finish(Finish(claimed, RETRYING, error="RuntimeError: boom", traceback="Traceback...", delay=300))
     row = Job.objects.get(pk=job.pk)
-    assert (row.status, row.run_at, row.attempts) == (Status.QUEUED, run_at, 1)
-    assert (row.error, row.traceback, row.lease_id, row.worker) == ("RuntimeError: boom", "Traceback...", None, "")
+    assert (row.status, row.attempts, row.error, row.traceback) == (Status.QUEUED, 1, "RuntimeError: boom",
+                                                                     "Traceback...")
+    assert (row.lease_id, row.worker, row.lease_expires_at) == (None, "", None)
+    assert before + timedelta(seconds=300) <= row.run_at <= db.database_now(connection) + timedelta(seconds=300)
+    assert (claimed.status, claimed.run_at) == (Status.QUEUED, row.run_at)
+    assert JobExecution.objects.get().outcome == "failed"
+    assert claim() == []
 
 
-def test_retry_later_by_a_worker_whose_lease_was_taken_over_changes_nothing():
-    enqueue("tests.noop")
-    (old,) = claim(lease=5)
-    new = take_over(old)
-    assert not leases.retry_later(DB, old, error="late", tb="", run_at=timezone.now())
-    row = Job.objects.get(pk=old.id)
-    assert (row.status, row.lease_id, row.error) == (Status.RUNNING, new.lease_id, WORKER_LOST)
-
-
-def test_dead_letter_marks_the_job_dead_and_copies_it():
+def test_a_dead_job_gets_its_dead_letter_in_the_same_write():
     job = enqueue("tests.noop", {"n": 1}, key="k", queue="q", priority=3, max_attempts=2)
     (claimed,) = claim()
-    assert leases.dead_letter(DB, claimed, error="PermanentError: no", tb="Traceback...")
+    assert finish(Finish(claimed, DEAD, error="PermanentError: no", traceback="Traceback..."))
     row = Job.objects.get(pk=job.pk)
     letter = DeadLetter.objects.get()
     assert (row.status, row.error, row.traceback) == (Status.DEAD, "PermanentError: no", "Traceback...")
@@ -276,66 +300,62 @@ def test_dead_letter_marks_the_job_dead_and_copies_it():
     assert letter.requeued_at is None
 
 
-def test_job_is_not_marked_dead_when_its_dead_letter_cannot_be_written(monkeypatch):
+def test_a_job_is_not_marked_dead_when_its_dead_letter_cannot_be_written(monkeypatch):
     job = enqueue("tests.noop")
     (claimed,) = claim()
+    if connection.vendor == "postgresql":  # one statement: make the database refuse the dead letter
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE doctorjob_deadletter ADD CONSTRAINT refuse CHECK (false) NOT VALID")
+    else:
+        class Refused:
+            def __init__(self, **fields):
+                pass
 
-    class Unwritable:
-        class objects:
-            @staticmethod
-            def using(alias):
-                raise IntegrityError("dead letter refused")
+            class objects:
+                @staticmethod
+                def using(alias):
+                    raise IntegrityError("dead letter refused")
 
-    monkeypatch.setattr(leases, "DeadLetter", Unwritable)
-    with pytest.raises(IntegrityError):
-        leases.dead_letter(DB, claimed, error="boom", tb="")
+        monkeypatch.setattr(leases, "DeadLetter", Refused)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        finish(Finish(claimed, DEAD, error="boom"))
     row = Job.objects.get(pk=job.pk)
     assert (row.status, row.lease_id, row.error) == (Status.RUNNING, claimed.lease_id, "")
 
 
-def test_dead_letter_by_a_worker_whose_lease_was_taken_over_changes_nothing():
-    enqueue("tests.noop")
-    (old,) = claim(lease=5)
-    new = take_over(old)
-    assert not leases.dead_letter(DB, old, error="late", tb="")
-    assert Job.objects.get(pk=old.id).lease_id == new.lease_id
-    assert not DeadLetter.objects.exists()
-
-
-# -- release --------------------------------------------------------------------------------
+def test_a_skipped_job_is_recorded_skipped_with_its_reason():
+    job = enqueue("tests.noop")
+    (claimed,) = claim()
+    assert finish(Finish(claimed, SKIPPED, error="version 1 is below 2", worker="worker-a"))
+    row = Job.objects.get(pk=job.pk)
+    assert (row.status, row.error, row.lease_expires_at) == (Status.SKIPPED, "version 1 is below 2", None)
+    assert JobExecution.objects.get().outcome == "skipped"
 
 
 def test_release_returns_jobs_to_the_queue_without_counting_the_attempt():
     enqueue_many_noop(2)
     jobs = claim()
-    assert leases.release(DB, jobs) == 2
+    assert len(finish(*[Finish(j, RELEASED) for j in jobs])) == 2
     for row in Job.objects.all():
-        assert (row.status, row.attempts, row.lease_id, row.worker, row.lease_expires_at) == (
-            Status.QUEUED, 0, None, "", None)
+        assert (row.status, row.attempts, row.lease_id, row.worker, row.lease_expires_at, row.started_at) == (
+            Status.QUEUED, 0, None, "", None, None)
+    assert not JobExecution.objects.exists()
     assert len(claim()) == 2, "released jobs can be claimed again at once"
 
 
-def test_release_by_a_worker_whose_lease_was_taken_over_changes_nothing():
-    enqueue("tests.noop")
-    (old,) = claim(lease=5)
-    new = take_over(old)
-    assert leases.release(DB, [old]) == 0
-    row = Job.objects.get(pk=old.id)
-    assert (row.status, row.attempts, row.lease_id) == (Status.RUNNING, 2, new.lease_id)
-
-
-# -- sweep_expired ------------------------------------------------------------------------------
+# -- the sweep ----------------------------------------------------------------------------------
 
 
 def test_sweep_requeues_jobs_whose_lease_ran_out_counting_the_attempt():
     job = enqueue("tests.noop", max_attempts=3)
-    (claimed,) = claim()
+    (claimed,) = claim(worker="crashed")
     expire(claimed)
-    requeued, dead = leases.sweep_expired(DB)
+    requeued, dead = sweep()
     assert [j.id for j in requeued] == [job.pk] and dead == []
     row = Job.objects.get(pk=job.pk)
     assert (row.status, row.attempts, row.error, row.lease_id, row.worker) == (Status.QUEUED, 1, WORKER_LOST, None, "")
-    assert "worker lost" in row.error
+    execution = JobExecution.objects.get()
+    assert (execution.outcome, execution.worker, execution.error) == ("lost", "crashed", WORKER_LOST)
     (again,) = claim()
     assert again.attempts == 2
 
@@ -344,7 +364,7 @@ def test_sweep_dead_letters_expired_jobs_without_attempts_left():
     job = enqueue("tests.noop", {"n": 1}, max_attempts=1)
     (claimed,) = claim()
     expire(claimed)
-    requeued, dead = leases.sweep_expired(DB)
+    requeued, dead = sweep()
     assert requeued == [] and [j.id for j in dead] == [job.pk]
     assert Job.objects.get(pk=job.pk).status == Status.DEAD
     letter = DeadLetter.objects.get()
@@ -353,73 +373,94 @@ def test_sweep_dead_letters_expired_jobs_without_attempts_left():
 
 def test_sweep_leaves_live_leases_alone():
     JobFactory(running=True)
-    assert leases.sweep_expired(DB) == ([], [])
+    assert sweep() == ([], [])
     assert Job.objects.get().status == Status.RUNNING
 
 
-def test_sweep_does_not_requeue_a_job_whose_lease_was_renewed_meanwhile(monkeypatch):
-    enqueue("tests.noop", max_attempts=3)
+@pytest.mark.parametrize("max_attempts", [3, 1], ids=["requeue", "dead-letter"])
+def test_sweep_does_not_touch_a_job_whose_lease_was_renewed_meanwhile(max_attempts):
+    enqueue("tests.noop", max_attempts=max_attempts)
     (claimed,) = claim()
     expire(claimed)
-    owned = leases._owned
-
-    def renewed_first(alias, job):
-        leases.renew(alias, [claimed], 30)  # the holder renews just after the sweep read
-        return owned(alias, job)
-
-    monkeypatch.setattr(leases, "_owned", renewed_first)
-    assert leases.sweep_expired(DB) == ([], [])
+    (lost,) = leases.expired(DB)
+    leases.renew(DB, [claimed], 30)  # the holder renews just after the sweep read
+    assert finish(Finish(lost, RETRYING if max_attempts > 1 else DEAD, error=WORKER_LOST, expired=True)) == []
     row = Job.objects.get(pk=claimed.id)
     assert (row.status, row.lease_id) == (Status.RUNNING, claimed.lease_id)
+    assert not DeadLetter.objects.exists() and not JobExecution.objects.exists()
 
 
-def test_sweep_does_not_dead_letter_a_job_whose_lease_was_renewed_meanwhile(monkeypatch):
-    enqueue("tests.noop", max_attempts=1)
-    (claimed,) = claim()
-    expire(claimed)
-    dead_letter = leases.dead_letter
-
-    def renewed_first(alias, job, **kwargs):
-        leases.renew(alias, [claimed], 30)  # the holder renews just after the sweep read
-        return dead_letter(alias, job, **kwargs)
-
-    monkeypatch.setattr(leases, "dead_letter", renewed_first)
-    assert leases.sweep_expired(DB) == ([], [])
-    assert Job.objects.get(pk=claimed.id).status == Status.RUNNING
-    assert not DeadLetter.objects.exists()
-
-
-# -- prune_succeeded ----------------------------------------------------------------------------
+# -- pruning ------------------------------------------------------------------------------------
 
 
 def test_prune_deletes_only_succeeded_jobs_older_than_the_retention():
     long_ago = timezone.now() - timedelta(days=8)
     old = JobFactory(succeeded=True, finished_at=long_ago)
+    JobExecution.objects.create(job=old, outcome="succeeded")
     recent = JobFactory(succeeded=True, finished_at=timezone.now() - timedelta(days=6))
     dead = JobFactory(dead=True, finished_at=long_ago)
     cancelled = JobFactory(cancelled=True, finished_at=long_ago)
     queued = JobFactory(created_at=long_ago, run_at=long_ago)
-    retried = JobFactory(finished_at=long_ago)  # queued for a retry; retry_later sets finished_at
+    retried = JobFactory(finished_at=long_ago)  # queued for a retry; a retry sets finished_at
     letter = DeadLetterFactory(job=dead)
-    assert leases.prune_succeeded(DB, timedelta(days=7)) == 1
+    assert maintenance.prune_succeeded(DB, timedelta(days=7)) == 1
     assert set(Job.objects.values_list("pk", flat=True)) == {recent.pk, dead.pk, cancelled.pk, queued.pk, retried.pk}
-    assert not Job.objects.filter(pk=old.pk).exists()
+    assert not JobExecution.objects.exists()
     assert DeadLetter.objects.get().pk == letter.pk
 
 
-def test_prune_keeps_a_dead_letter_whose_requeued_job_is_pruned():
+def test_prune_keeps_a_dead_letter_whose_job_or_requeued_job_is_pruned():
     letter = DeadLetterFactory(requeued=True, payload={"n": 1})
-    Job.objects.filter(pk=letter.requeued_job_id).update(
+    retried = DeadLetterFactory(payload={"n": 2})  # its job was retried in place, and succeeded
+    DeadLetter.objects.filter(pk=retried.pk).update(requeued_job_id=retried.job_id, requeued_at=timezone.now())
+    Job.objects.filter(pk__in=[letter.requeued_job_id, retried.job_id]).update(
         status=Status.SUCCEEDED, finished_at=timezone.now() - timedelta(days=30))
-    assert leases.prune_succeeded(DB, timedelta(days=7)) == 1
+    assert maintenance.prune_succeeded(DB, timedelta(days=7)) == 2
     letter.refresh_from_db()
-    assert letter.requeued_job_id is None
+    retried.refresh_from_db()
+    assert (letter.requeued_job_id, retried.job_id, retried.requeued_job_id) == (None, None, None)
     assert letter.requeued_at is not None
     assert (letter.name, letter.payload, letter.error) == ("tests.noop", {"n": 1}, "RuntimeError: boom")
 
 
-def test_prune_works_through_more_jobs_than_one_chunk():
+def test_prune_works_through_more_jobs_than_one_batch():
     long_ago = timezone.now() - timedelta(days=8)
     JobFactory.create_batch(7, succeeded=True, finished_at=long_ago)
-    assert leases.prune_succeeded(DB, timedelta(days=7), chunk=3) == 7
+    assert maintenance.prune_succeeded(DB, timedelta(days=7), batch=3) == 7
     assert not Job.objects.exists()
+
+
+def test_prune_stops_between_batches_when_the_worker_stops():
+    long_ago = timezone.now() - timedelta(days=8)
+    JobFactory.create_batch(7, succeeded=True, finished_at=long_ago)
+    stopping = threading.Event()
+    stopping.set()
+    assert maintenance.prune_succeeded(DB, timedelta(days=7), batch=3, stopping=stopping) == 0
+    assert Job.objects.count() == 7
+
+
+# -- the maintenance lease ------------------------------------------------------------------------
+
+
+def test_one_worker_at_a_time_holds_the_maintenance_lease_until_it_runs_out_or_is_given_up():
+    assert maintenance.elect(DB, "a", 30)
+    assert not maintenance.elect(DB, "b", 30)
+    assert maintenance.elect(DB, "a", 30), "the holder renews it"
+    maintenance.resign(DB, "a")
+    assert maintenance.elect(DB, "b", 30)
+    from doctorjob.models import MaintenanceLease
+
+    MaintenanceLease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))  # b stalled
+    assert maintenance.elect(DB, "c", 30)
+    assert not maintenance.elect(DB, "b", 30)
+
+
+def test_a_job_rescued_by_the_sweep_keeps_its_place_in_line():
+    first = enqueue("tests.noop")
+    (claimed,) = claim()
+    second = enqueue("tests.noop")
+    expire(claimed)
+    sweep()
+    assert Job.objects.get(pk=first.pk).run_at == first.run_at
+    assert [j.id for j in claim(limit=1)] == [first.pk]
+    assert [j.id for j in claim(limit=1)] == [second.pk]

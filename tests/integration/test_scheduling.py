@@ -2,8 +2,8 @@
 daylight-saving changes), each tick enqueued once, only the latest tick after downtime, schedule
 changes and pauses; and jobs that must not overlap (singleton, concurrency_key, on_overlap).
 
-The tick logic runs in-process with a fake clock: ``tick(worker, at)`` is what a worker does
-every second, at the time ``at``. Several real worker processes are in
+The tick logic runs in-process with a fake clock: ``tick(at)`` is what the worker holding the
+maintenance lease does a few times a second, at the time ``at``. Several real worker processes are in
 tests/acceptance/test_overlap_and_schedules.py.
 """
 from __future__ import annotations
@@ -18,10 +18,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import override_settings
 
-from doctorjob import definitions, enqueue, job
+from doctorjob import definitions, enqueue, job, maintenance
 from doctorjob.models import Job, JobDefinition, Status
 from doctorjob.schedule import ScheduleError, latest_tick, tick_key, validate_schedule
-from doctorjob.worker import Worker
 from tests.testapp.jobs_issue4 import adhoc, extra_jobs, register_adhoc, restored_registry
 
 from .factories import JobFactory
@@ -61,11 +60,10 @@ def clock(at: datetime) -> Iterator[None]:
         yield
 
 
-def tick(worker: Worker, at: datetime) -> None:
-    """What ``worker`` does every second: re-read definitions, enqueue due ticks."""
+def tick(at: datetime) -> None:
+    """What the worker holding the maintenance lease does a few times a second, at the time ``at``."""
     with clock(at):
-        worker._refresh_definitions()
-        worker._enqueue_due_ticks()
+        maintenance.enqueue_due_ticks("default", now=at)
 
 
 def sync_at(at: datetime) -> list[str]:
@@ -162,9 +160,9 @@ def test_an_every_second_schedule_keeps_ticking_in_the_repeated_hour(paris):
 def test_a_worker_enqueues_each_hourly_tick_through_the_autumn_change(paris, register):
     register(SCHEDULED, schedule="0 * * * *")
     sync_at(utc(2024, 10, 26, 22, 30))
-    worker, now = Worker(), utc(2024, 10, 26, 23)
+    now = utc(2024, 10, 26, 23)
     while now <= utc(2024, 10, 27, 3):
-        tick(worker, now)
+        tick(now)
         now += timedelta(minutes=10)
 
     assert scheduled() == [key(utc(2024, 10, 26, 23) + timedelta(hours=h)) for h in range(5)]
@@ -176,12 +174,11 @@ def test_a_worker_enqueues_each_hourly_tick_through_the_autumn_change(paris, reg
 def test_each_tick_is_enqueued_once_with_the_definitions_payload_whichever_worker_sees_it(register):
     register(SCHEDULED, queue="issue4-scheduled", schedule="*/5 * * * *", payload={"n": 1})
     sync_at(utc(2024, 1, 1, 12, 0, 30))
-    first, second = Worker(), Worker()
 
-    tick(first, utc(2024, 1, 1, 12, 5))
-    tick(second, utc(2024, 1, 1, 12, 5, 0, 300000))
-    tick(first, utc(2024, 1, 1, 12, 6))
-    tick(Worker(), utc(2024, 1, 1, 12, 9, 59))  # a worker started since
+    tick(utc(2024, 1, 1, 12, 5))
+    tick(utc(2024, 1, 1, 12, 5, 0, 300000))
+    tick(utc(2024, 1, 1, 12, 6))
+    tick(utc(2024, 1, 1, 12, 9, 59))  # a worker started since
 
     assert scheduled() == [key(utc(2024, 1, 1, 12, 5))]
     job = Job.objects.get(name=SCHEDULED)
@@ -192,7 +189,7 @@ def test_a_tick_before_the_schedule_was_first_synced_is_not_enqueued(register):
     register(SCHEDULED, schedule="*/5 * * * *")
     sync_at(utc(2024, 1, 1, 12, 3))
 
-    tick(Worker(), utc(2024, 1, 1, 12, 4))  # the latest tick, 12:00, predates the definition
+    tick(utc(2024, 1, 1, 12, 4))  # the latest tick, 12:00, predates the definition
 
     assert scheduled() == []
 
@@ -200,13 +197,12 @@ def test_a_tick_before_the_schedule_was_first_synced_is_not_enqueued(register):
 def test_after_downtime_only_the_latest_missed_tick_is_enqueued(register):
     register(SCHEDULED, schedule="*/5 * * * *")
     sync_at(utc(2024, 1, 1, 12, 0, 30))
-    tick(Worker(), utc(2024, 1, 1, 12, 5))
+    tick(utc(2024, 1, 1, 12, 5))
 
     # Every worker was down for an hour: eleven ticks were missed.
-    restarted = Worker()
     sync_at(utc(2024, 1, 1, 13, 2, 10))
-    tick(restarted, utc(2024, 1, 1, 13, 2, 10))
-    tick(restarted, utc(2024, 1, 1, 13, 4))
+    tick(utc(2024, 1, 1, 13, 2, 10))
+    tick(utc(2024, 1, 1, 13, 4))
 
     assert scheduled() == [key(utc(2024, 1, 1, 12, 5)), key(utc(2024, 1, 1, 13))]
 
@@ -214,16 +210,13 @@ def test_after_downtime_only_the_latest_missed_tick_is_enqueued(register):
 def test_a_changed_schedule_applies_from_the_next_start_and_no_tick_of_the_old_one_follows(register):
     register(SCHEDULED, schedule="*/5 * * * *")
     sync_at(utc(2024, 1, 1, 12, 0, 30))
-    old = Worker()
-    tick(old, utc(2024, 1, 1, 12, 5))
+    tick(utc(2024, 1, 1, 12, 5))
 
     register(SCHEDULED, schedule="0 * * * *", version=2)  # a deploy: hourly now
     assert sync_at(utc(2024, 1, 1, 12, 7)) == [f"changed {SCHEDULED}"]
-    new = Worker()
-    tick(new, utc(2024, 1, 1, 12, 7, 1))  # the new schedule's latest tick, 12:00, predates the change
-    tick(old, utc(2024, 1, 1, 12, 10))  # 12:10 is a tick of the old schedule only: nobody enqueues it
-    tick(new, utc(2024, 1, 1, 12, 10))
-    tick(new, utc(2024, 1, 1, 13, 0, 1))
+    tick(utc(2024, 1, 1, 12, 7, 1))  # the new schedule's latest tick, 12:00, predates the change
+    tick(utc(2024, 1, 1, 12, 10))  # 12:10 is a tick of the old schedule only: nobody enqueues it
+    tick(utc(2024, 1, 1, 13, 0, 1))
 
     assert scheduled() == [key(utc(2024, 1, 1, 12, 5)), key(utc(2024, 1, 1, 13))]
 
@@ -232,14 +225,13 @@ def test_a_paused_schedule_enqueues_nothing_until_resumed(register):
     register(SCHEDULED, schedule="*/5 * * * *")
     sync_at(utc(2024, 1, 1, 12, 0, 30))
     JobDefinition.objects.filter(name=SCHEDULED).update(paused=True)
-    worker = Worker()
 
-    tick(worker, utc(2024, 1, 1, 12, 5))
-    tick(worker, utc(2024, 1, 1, 12, 10))
+    tick(utc(2024, 1, 1, 12, 5))
+    tick(utc(2024, 1, 1, 12, 10))
     assert scheduled() == []
 
     JobDefinition.objects.filter(name=SCHEDULED).update(paused=False)
-    tick(worker, utc(2024, 1, 1, 12, 11))
+    tick(utc(2024, 1, 1, 12, 11))
     assert scheduled() == [key(utc(2024, 1, 1, 12, 10))]
 
 
@@ -247,7 +239,7 @@ def test_an_overridden_schedule_and_payload_are_the_ones_enqueued(register):
     register(SCHEDULED, schedule="*/5 * * * *", payload={"n": 1})
     with override_settings(DOCTORJOB={"JOBS": {SCHEDULED: {"schedule": "0 * * * *", "payload": {"n": 2}}}}):
         sync_at(utc(2024, 1, 1, 11, 30))
-        tick(Worker(), utc(2024, 1, 1, 12, 10))
+        tick(utc(2024, 1, 1, 12, 10))
 
     assert scheduled() == [key(utc(2024, 1, 1, 12))]
     assert Job.objects.get(name=SCHEDULED).payload == {"n": 2}
@@ -257,18 +249,40 @@ def test_a_timezone_override_reads_the_schedule_in_that_time_zone(register):
     register(SCHEDULED, schedule="0 9 * * *")
     with override_settings(DOCTORJOB={"JOBS": {SCHEDULED: {"timezone": "America/New_York"}}}):
         sync_at(utc(2024, 1, 1))
-        tick(Worker(), utc(2024, 1, 1, 15))  # 10:00 in New York
+        tick(utc(2024, 1, 1, 15))  # 10:00 in New York
 
     assert scheduled() == [key(utc(2024, 1, 1, 14))]  # 9:00 in New York
 
 
-def test_a_worker_enqueues_ticks_only_for_its_queues(register):
+def test_a_tick_is_never_enqueued_again_once_its_job_is_gone(register):
     register(SCHEDULED, queue="issue4-scheduled", schedule="*/5 * * * *")
     sync_at(utc(2024, 1, 1, 12, 0, 30))
+    tick(utc(2024, 1, 1, 12, 5))
+    Job.objects.filter(name=SCHEDULED).delete()  # pruned by retention, or deleted by someone
 
-    tick(Worker(queues=["default"]), utc(2024, 1, 1, 12, 5))
+    sync_at(utc(2024, 1, 1, 12, 6))  # every worker restarts (a deploy)
+    tick(utc(2024, 1, 1, 12, 6))
     assert scheduled() == []
-    tick(Worker(queues=["issue4-scheduled"]), utc(2024, 1, 1, 12, 5))
+    assert JobDefinition.objects.get(name=SCHEDULED).last_tick == utc(2024, 1, 1, 12, 5)
+
+    tick(utc(2024, 1, 1, 12, 10))
+    assert scheduled() == [key(utc(2024, 1, 1, 12, 10))]
+
+
+def test_a_tick_whose_enqueue_fails_is_not_recorded_and_comes_again(register, monkeypatch):
+    register(SCHEDULED, schedule="*/5 * * * *")
+    sync_at(utc(2024, 1, 1, 12, 0, 30))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the database went away mid-tick")
+
+    monkeypatch.setattr(maintenance, "enqueue", broken)
+    with pytest.raises(RuntimeError):
+        tick(utc(2024, 1, 1, 12, 5))
+    assert JobDefinition.objects.get(name=SCHEDULED).last_tick is None
+    monkeypatch.undo()
+
+    tick(utc(2024, 1, 1, 12, 6))
     assert scheduled() == [key(utc(2024, 1, 1, 12, 5))]
 
 

@@ -76,4 +76,4 @@ def typed(payload, ctx):
 
 
 from . import jobs_acceptance, jobs_integration  # noqa: E402,F401  (more handlers, kept by test suite)
-from . import jobs_issue4  # noqa
+from . import jobs_issue4, jobs_lifecycle  # noqa

@@ -58,7 +58,7 @@ def _take_over(job_id: int) -> None:
     from django.db import connection, transaction
     from django.utils import timezone
 
-    from doctorjob import leases
+    from doctorjob import leases, maintenance
     from doctorjob.models import Job
 
     def rescue() -> None:
@@ -67,7 +67,7 @@ def _take_over(job_id: int) -> None:
             # could otherwise claim the swept job itself before the rescuer does.
             with transaction.atomic():
                 Job.objects.filter(pk=job_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-                leases.sweep_expired("default")
+                maintenance.sweep_expired("default")
                 leases.claim("default", worker="rescuer", limit=1, lease=300)
         finally:
             connection.close()

@@ -3,7 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from doctorjob import DoctorJobError
-from doctorjob.definitions import run_now
+from doctorjob.operations import run_now
 
 
 class Command(BaseCommand):

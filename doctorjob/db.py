@@ -1,0 +1,117 @@
+"""The psycopg plumbing that enqueue() and the worker share: server-side binding, statements
+prepared once per connection, the jsonb loader, pooler detection, and the database's clock.
+
+Importing it loads nothing that claims, renews or finishes jobs.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from datetime import timezone as dt_timezone
+from typing import Any
+
+from .conf import settings
+
+
+def execute(
+    connection, sql: str, params: Sequence[Any], *, prepare: bool = False, planner: str = ""
+) -> list[tuple[Any, ...]] | int:
+    """Run one of the hot PostgreSQL statements with server-side binding: arrays travel as
+    binary parameters instead of being quoted into the SQL text by Django's client-side cursor.
+    With ``prepare`` the statement is parsed and planned once per connection (see
+    ``may_prepare``). ``planner`` is a statement of ``set_config(name, value, true)`` calls
+    for this statement only; it is left out inside ``atomic()`` (it would last until the block
+    ends) and with a libpq older than 14 (no pipeline). Returns the rows, or the row count for
+    a statement that returns none. Errors surface as Django's database exceptions, inside or
+    outside ``atomic()``."""
+    import psycopg  # only PostgreSQL installs have it
+
+    connection.ensure_connection()
+    started = time.monotonic()
+    pg = connection.connection
+    try:
+        prepare = prepare and may_prepare(connection)
+        # Django sets psycopg's prepare_threshold to None, which turns preparation off for the
+        # whole connection. Lift it for this one statement: the application's own queries are
+        # still never prepared, and psycopg keeps its bookkeeping (a rollback deallocates).
+        lift = prepare and pg.prepare_threshold is None
+        # One psycopg cursor per connection, kept: making one costs more than running a
+        # prepared INSERT's Python side.
+        cursor = getattr(connection, "_doctorjob_cursor", None)
+        if cursor is None or cursor.connection is not pg:
+            cursor = connection._doctorjob_cursor = psycopg.Cursor(pg)
+            cursor.adapters.register_loader("jsonb", _jsonb_loader())
+        with connection.wrap_database_errors:
+            if planner and not connection.in_atomic_block and psycopg.Pipeline.is_supported():
+                # Both statements before one Sync: one round trip and one implicit
+                # transaction, which the planner settings (set_config(..., true)) last for.
+                with pg.pipeline():
+                    cursor.execute(planner)
+                    cursor.execute(sql, params, binary=True)
+                    return cursor.fetchall()
+            if lift:
+                pg.prepare_threshold = sys.maxsize
+            try:  # binary results: no timestamp text parsing
+                cursor.execute(sql, params, binary=True, prepare=prepare or None)
+            finally:
+                if lift:
+                    pg.prepare_threshold = None
+            return cursor.fetchall() if cursor.pgresult.nfields else cursor.rowcount
+    finally:
+        if connection.queries_logged:  # DEBUG, debug toolbars, CaptureQueriesContext see it too
+            connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
+
+
+@functools.cache
+def _jsonb_loader() -> type:
+    """A loader for jsonb in binary, for every payload a worker claims: a version byte, then the
+    document as PostgreSQL prints it, in the client encoding (UTF-8: Django sets it) and with
+    nothing around it, so it is parsed as it comes. psycopg's default, ``json.loads(bytes)``,
+    first sniffs the encoding and then checks for surrounding whitespace, which made loading a
+    small payload four times as costly. It serves doctorjob's own cursor only: Django's cursors
+    keep psycopg's loaders, and a ``psycopg.types.json.set_json_loads()`` does not reach it."""
+    from psycopg import DataError
+    from psycopg.adapt import Loader
+    from psycopg.pq import Format
+
+    decode = json.JSONDecoder().raw_decode
+
+    class JsonbLoader(Loader):
+        format = Format.BINARY
+
+        def load(self, data: Any) -> Any:
+            if data[0] != 1:
+                raise DataError(f"unknown jsonb binary format: {data[0]}")
+            return decode(str(data[1:], "utf-8"))[0]
+
+    return JsonbLoader
+
+
+def behind_pooler(connection) -> bool:
+    """Whether the database is reached through a transaction pooler (PgBouncer in transaction
+    mode), as Django is told with DISABLE_SERVER_SIDE_CURSORS: session state, such as a prepared
+    statement or a LISTEN, then lasts one transaction on whichever server connection ran it."""
+    return bool(connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"))
+
+
+def may_prepare(connection) -> bool:
+    """Whether doctorjob may keep prepared statements on this PostgreSQL connection:
+    DOCTORJOB["PREPARE"], by default yes unless it is behind a transaction pooler."""
+    return not behind_pooler(connection) if settings.PREPARE is None else settings.PREPARE
+
+
+def database_now(connection) -> datetime:
+    """The database server's time, the one clock every worker and host compares against (due
+    times, leases, retention), so that a host whose own clock drifts decides nothing early or
+    late. SQLite is a file on one host: its clock is that host's."""
+    if connection.vendor == "sqlite":
+        return datetime.now(dt_timezone.utc)
+    sql = "SELECT statement_timestamp()" if connection.vendor == "postgresql" else "SELECT UTC_TIMESTAMP(6)"
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        now = cursor.fetchone()[0]
+    return now if now.tzinfo is not None else now.replace(tzinfo=dt_timezone.utc)

@@ -1,0 +1,235 @@
+"""The chores one elected worker does for the whole cluster: rescue jobs whose lease ran out,
+mark workers that stopped beating as lost, prune succeeded jobs past their retention, and
+enqueue due schedule ticks.
+
+They run on a thread of their own with their own connection and timers, never on the thread
+that claims jobs and renews leases, so a long prune cannot make a worker lose its leases. At
+most one worker does them at a time: the holder of a row lease in ``MaintenanceLease``
+(session advisory locks would not survive PgBouncer's transaction pooling). Each chore is
+safe should two workers ever overlap (a holder stalled past its lease): the sweep is fenced
+on the expired lease, pruning deletes only what is due, and a tick is recorded on its
+definition in the transaction that enqueues it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db.models import Q
+
+from . import leases, schedule
+from .conf import settings
+from .db import database_now, execute
+from .models import DeadLetter, Job, JobDefinition, JobExecution, MaintenanceLease, Status, Worker
+from .outbox import enqueue
+from .registry import registry
+from .signals import DEAD, RETRYING
+
+logger = logging.getLogger("doctorjob")
+
+LEASE_NAME = "maintenance"
+SWEEP_BATCH = 500
+PRUNE_BATCH = 2000  # rows deleted per transaction: short enough never to hold up others' writes
+PRUNE_EVERY = 60.0
+TICK_EVERY = 0.25  # due schedule ticks are checked this often (6-field schedules tick each second)
+
+
+def elect(alias: str, holder: str, ttl: float) -> bool:
+    """Take or keep the maintenance lease for ``ttl`` seconds of the database's clock; True if
+    ``holder`` has it."""
+    now = database_now(connections[alias])
+    leases_ = MaintenanceLease.objects.using(alias).filter(name=LEASE_NAME)
+    expires = now + timedelta(seconds=ttl)
+    if leases_.filter(Q(holder=holder) | Q(expires_at__lt=now)).update(holder=holder, expires_at=expires):
+        return True
+    try:
+        with transaction.atomic(using=alias):
+            MaintenanceLease.objects.using(alias).create(name=LEASE_NAME, holder=holder, expires_at=expires)
+        return True
+    except IntegrityError:  # another worker holds it, or took it this very moment
+        return False
+
+
+def resign(alias: str, holder: str) -> None:
+    """Give the maintenance lease up at a clean exit, so another worker takes over at once."""
+    MaintenanceLease.objects.using(alias).filter(name=LEASE_NAME, holder=holder).delete()
+
+
+def sweep_expired(alias: str) -> list[leases.Finish]:
+    """Finish jobs whose worker stopped renewing their lease: the lost attempt counts, and the
+    job is queued again now, or dead-lettered when it has no attempts left. Fenced on the
+    expired lease, so a worker that renews at this very moment keeps its job."""
+    done = []
+    while True:
+        lost = leases.expired(alias, SWEEP_BATCH)
+        done += leases.finish(alias, [
+            leases.Finish(job, RETRYING if job.attempts < job.max_attempts else DEAD, error=leases.WORKER_LOST,
+                          worker=job.worker, expired=True)
+            for job in lost])
+        if len(lost) < SWEEP_BATCH:
+            return done
+
+
+def mark_lost_workers(alias: str) -> int:
+    """Flag worker rows whose heartbeat is older than three of their leases."""
+    now = database_now(connections[alias])
+    lost = [w.pk for w in Worker.objects.using(alias).filter(lost=False).only("pk", "lease", "last_heartbeat")
+            if w.last_heartbeat < now - timedelta(seconds=3 * w.lease)]
+    return Worker.objects.using(alias).filter(pk__in=lost).update(lost=True) if lost else 0
+
+
+# Retention on PostgreSQL: one bounded batch of succeeded jobs past the cutoff, deleted with their
+# execution history, and unlinked from any dead letter that points at them (the dead letter keeps
+# its own copy of the job), in one statement that never loads a row into Python. SKIP LOCKED:
+# a job someone is retrying right now is left for the next round. Django's foreign keys are
+# checked at commit, so the order of the three changes does not matter.
+_PRUNE = """
+WITH doomed AS (
+    SELECT id FROM doctorjob_job
+    WHERE status = 'succeeded' AND finished_at < statement_timestamp() - make_interval(secs => %s)
+    ORDER BY finished_at LIMIT %s
+    FOR UPDATE SKIP LOCKED
+), history AS (
+    DELETE FROM doctorjob_jobexecution WHERE job_id IN (SELECT id FROM doomed)
+), letters AS (
+    UPDATE doctorjob_deadletter
+    SET job_id = CASE WHEN job_id IN (SELECT id FROM doomed) THEN NULL ELSE job_id END,
+        requeued_job_id = CASE WHEN requeued_job_id IN (SELECT id FROM doomed) THEN NULL ELSE requeued_job_id END
+    WHERE job_id IN (SELECT id FROM doomed) OR requeued_job_id IN (SELECT id FROM doomed)
+)
+DELETE FROM doctorjob_job WHERE id IN (SELECT id FROM doomed)
+"""
+
+
+def prune_succeeded(alias: str, keep: timedelta, batch: int = PRUNE_BATCH,
+                    stopping: threading.Event | None = None) -> int:
+    """Delete succeeded jobs that finished more than ``keep`` ago (by the database's clock), in
+    batches of ``batch``, each its own short transaction; returns how many."""
+    connection, total = connections[alias], 0
+    while stopping is None or not stopping.is_set():
+        if connection.vendor == "postgresql":
+            deleted = execute(connection, _PRUNE, [keep.total_seconds(), batch])
+        else:
+            deleted = _prune_portable(alias, database_now(connection) - keep, batch)
+        total += deleted
+        if deleted < batch:
+            break
+    return total
+
+
+def _prune_portable(alias: str, cutoff: datetime, batch: int) -> int:
+    """SQLite and MySQL/MariaDB: what _PRUNE does, in three statements of one transaction."""
+    with transaction.atomic(using=alias):
+        ids = list(Job.objects.using(alias).filter(status=Status.SUCCEEDED, finished_at__lt=cutoff)
+                   .order_by("finished_at").values_list("id", flat=True)[:batch])
+        if not ids:
+            return 0
+        JobExecution.objects.using(alias).filter(job_id__in=ids)._raw_delete(alias)
+        DeadLetter.objects.using(alias).filter(job_id__in=ids).update(job_id=None)
+        DeadLetter.objects.using(alias).filter(requeued_job_id__in=ids).update(requeued_job_id=None)
+        return Job.objects.using(alias).filter(id__in=ids, status=Status.SUCCEEDED)._raw_delete(alias)
+
+
+def enqueue_due_ticks(alias: str, now: datetime | None = None) -> list[Job]:
+    """Enqueue the latest due tick of every schedule that has not had it yet; returns the jobs.
+
+    Each tick is enqueued at most once, ever: the definition's ``last_tick`` is moved forward in
+    the transaction that writes the tick's job, and a tick at or before it is never enqueued
+    again, whatever becomes of the job (pruned, deleted, cancelled). Only the latest due tick
+    counts: after downtime, one job runs for the ticks missed, not one per tick.
+    """
+    now = now or database_now(connections[alias])
+    enqueued = []
+    definitions = JobDefinition.objects.using(alias).filter(retired=False, paused=False).exclude(schedule="")
+    for name, expression, since, last, payload, options in definitions.values_list(
+            "name", "schedule", "scheduled_since", "last_tick", "payload", "options"):
+        if name not in registry:
+            continue
+        tick = schedule.latest_tick(expression, now, (options or {}).get("timezone"))
+        if (since and tick < since) or (last and tick <= last):
+            continue
+        with transaction.atomic(using=alias):
+            moved = JobDefinition.objects.using(alias).filter(name=name).filter(
+                Q(last_tick__isnull=True) | Q(last_tick__lt=tick)).update(last_tick=tick)
+            if moved:  # no other worker recorded this tick first
+                enqueued.append(enqueue(name, payload, key=schedule.tick_key(name, tick), using=alias))
+                logger.info("scheduled job_id=%s name=%s tick=%s", enqueued[-1].pk, name, tick.isoformat())
+    return enqueued
+
+
+class Maintenance:
+    """The chores, each on its own timer, done only while this worker holds the maintenance
+    lease. ``run_due()`` does what is due now; ``start()`` runs it on a thread of its own."""
+
+    def __init__(self, alias: str, holder: str, lease: float, stopping: threading.Event,
+                 on_finished: Callable[[Sequence[leases.Finish]], Any]) -> None:
+        self.alias, self.holder, self.lease = alias, holder, lease
+        self.stopping, self.on_finished = stopping, on_finished
+        self.leader = False
+        self._due = {"elect": 0.0, "sweep": 0.0, "prune": 0.0, "tick": 0.0}
+        self._thread: threading.Thread | None = None
+
+    def run_due(self) -> None:
+        now = time.monotonic()
+        if now >= self._due["elect"]:
+            was, self.leader = self.leader, elect(self.alias, self.holder, self.lease)
+            if self.leader and not was:
+                logger.info("maintenance taken over worker=%s", self.holder)
+            self._due["elect"] = now + self.lease / 3
+        if not self.leader:
+            return
+        if now >= self._due["sweep"]:
+            self.on_finished(sweep_expired(self.alias))  # logged as retrying or dead, error "worker lost"
+            mark_lost_workers(self.alias)
+            self._due["sweep"] = now + min(self.lease / 3, 5.0)
+        if now >= self._due["tick"]:
+            enqueue_due_ticks(self.alias)
+            self._due["tick"] = now + TICK_EVERY
+        if now >= self._due["prune"]:
+            started = time.monotonic()
+            pruned = prune_succeeded(self.alias, settings.KEEP_SUCCEEDED, stopping=self.stopping)
+            if pruned:
+                logger.info("pruned succeeded jobs count=%s seconds=%.1f", pruned, time.monotonic() - started)
+            self._due["prune"] = time.monotonic() + PRUNE_EVERY
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="doctorjob-maintenance", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        failures = 0
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.run_due()
+                    failures = 0
+                except DatabaseError as exc:
+                    failures += 1
+                    logger.warning("maintenance: database error, retrying in %.1fs: %s",
+                                   min(0.5 * 2 ** (failures - 1), 10.0), exc)
+                    _close(self.alias)
+                    self.stopping.wait(min(0.5 * 2 ** (failures - 1), 10.0))
+                    continue
+                self.stopping.wait(max(0.0, min(self._due.values()) - time.monotonic()))
+            if self.leader:
+                resign(self.alias, self.holder)
+        except DatabaseError as exc:
+            logger.warning("maintenance: could not give up the maintenance lease: %s", exc)
+        finally:
+            connections.close_all()  # this thread's connections
+
+
+def _close(alias: str) -> None:
+    try:
+        connections[alias].close()
+    except DatabaseError:
+        pass
