@@ -12,6 +12,8 @@ from pathlib import Path
 import django
 from django.core.management.base import BaseCommand, CommandError
 
+from doctorjob.management.commands.run_jobs import positive_int, seconds
+
 from .options import PROG, QUICK, BenchmarkError, Options
 from .report import format_report
 from .runner import run
@@ -40,31 +42,6 @@ examples:
 
 settings: --settings, else $DJANGO_SETTINGS_MODULE, else {DEFAULT_SETTINGS} (as manage.py).
 The doctorjob it measures is the one this Python imports. See docs/benchmark.md."""
-
-
-# -- option types (the same checks and messages as run_jobs') ----------------------------------
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def seconds(minimum: float):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-        if not value >= minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum:g} seconds, got {text}")
-        return value
-
-    return parse
 
 
 def process_counts(text: str) -> tuple[int, ...]:

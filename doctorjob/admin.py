@@ -322,7 +322,8 @@ class JobDefinitionAdmin(ReadOnlyAdmin):
     actions = ("run_now", "pause", "resume")
     inlines = (JobVersionInline,)
     fieldsets = ((None, {"fields": ("name", "queue", "version", "min_version", "schedule", "scheduled_since",
-                                    "paused", "retired", "options", "payload", "created_at", "updated_at")}),)
+                                    "last_tick", "paused", "retired", "options", "payload", "created_at",
+                                    "updated_at")}),)
 
     def has_run_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         opts = self.opts

@@ -46,16 +46,16 @@ def execute(
             cursor = connection._doctorjob_cursor = psycopg.Cursor(pg)
             cursor.adapters.register_loader("jsonb", _jsonb_loader())
         with connection.wrap_database_errors:
-            if planner and not connection.in_atomic_block and psycopg.Pipeline.is_supported():
-                # Both statements before one Sync: one round trip and one implicit
-                # transaction, which the planner settings (set_config(..., true)) last for.
-                with pg.pipeline():
-                    cursor.execute(planner)
-                    cursor.execute(sql, params, binary=True)
-                    return cursor.fetchall()
             if lift:
                 pg.prepare_threshold = sys.maxsize
             try:  # binary results: no timestamp text parsing
+                if planner and not connection.in_atomic_block and psycopg.Pipeline.is_supported():
+                    # Both statements before one Sync: one round trip and one implicit
+                    # transaction, which the planner settings (set_config(..., true)) last for.
+                    with pg.pipeline():
+                        cursor.execute(planner)
+                        cursor.execute(sql, params, binary=True, prepare=prepare or None)
+                        return cursor.fetchall()
                 cursor.execute(sql, params, binary=True, prepare=prepare or None)
             finally:
                 if lift:

@@ -107,19 +107,22 @@ DELETE FROM doctorjob_job WHERE id IN (SELECT id FROM doomed)
 
 
 def prune_succeeded(alias: str, keep: timedelta, batch: int = PRUNE_BATCH,
-                    stopping: threading.Event | None = None) -> int:
+                    stopping: threading.Event | None = None, budget: float | None = None) -> tuple[int, bool]:
     """Delete succeeded jobs that finished more than ``keep`` ago (by the database's clock), in
-    batches of ``batch``, each its own short transaction; returns how many."""
+    batches of ``batch``, each its own short transaction, until none is left, ``stopping`` is set
+    or ``budget`` seconds have passed; returns (how many, whether any may be left)."""
     connection, total = connections[alias], 0
-    while stopping is None or not stopping.is_set():
+    deadline = None if budget is None else time.monotonic() + budget
+    while True:
         if connection.vendor == "postgresql":
             deleted = execute(connection, _PRUNE, [keep.total_seconds(), batch])
         else:
             deleted = _prune_portable(alias, database_now(connection) - keep, batch)
         total += deleted
         if deleted < batch:
-            break
-    return total
+            return total, False
+        if (stopping is not None and stopping.is_set()) or (deadline is not None and time.monotonic() >= deadline):
+            return total, True
 
 
 def _prune_portable(alias: str, cutoff: datetime, batch: int) -> int:
@@ -171,10 +174,12 @@ class Maintenance:
         self.alias, self.holder, self.lease = alias, holder, lease
         self.stopping, self.on_finished = stopping, on_finished
         self.leader = False
+        self._pruned, self._pruning_seconds = 0, 0.0  # of the prune in progress, for its log line
         self._due = {"elect": 0.0, "sweep": 0.0, "prune": 0.0, "tick": 0.0}
         self._thread: threading.Thread | None = None
 
-    def run_due(self) -> None:
+    def run_due(self, *, prune: bool = True) -> None:
+        """Do the chores that are due; ``prune=False`` leaves pruning, the long one, for later."""
         now = time.monotonic()
         if now >= self._due["elect"]:
             was, self.leader = self.leader, elect(self.alias, self.holder, self.lease)
@@ -190,12 +195,26 @@ class Maintenance:
         if now >= self._due["tick"]:
             enqueue_due_ticks(self.alias)
             self._due["tick"] = now + TICK_EVERY
-        if now >= self._due["prune"]:
+        if prune and now >= self._due["prune"]:
+            # A few seconds at a time, so that the lease and the other chores keep their timers
+            # through a backlog of millions; the next round follows at once while rows are left.
             started = time.monotonic()
-            pruned = prune_succeeded(self.alias, settings.KEEP_SUCCEEDED, stopping=self.stopping)
-            if pruned:
-                logger.info("pruned succeeded jobs count=%s seconds=%.1f", pruned, time.monotonic() - started)
-            self._due["prune"] = time.monotonic() + PRUNE_EVERY
+            pruned, more = prune_succeeded(self.alias, settings.KEEP_SUCCEEDED, stopping=self.stopping,
+                                           budget=min(self.lease / 3, 5.0))
+            self._pruned += pruned
+            self._pruning_seconds += time.monotonic() - started
+            if more:
+                self._due["prune"] = 0.0
+            else:
+                if self._pruned:
+                    logger.info("pruned succeeded jobs count=%s seconds=%.1f", self._pruned, self._pruning_seconds)
+                self._pruned, self._pruning_seconds = 0, 0.0
+                self._due["prune"] = time.monotonic() + PRUNE_EVERY
+
+    def next_due(self) -> float:
+        """When a chore is next due (time.monotonic()); a worker that does not hold the lease only
+        tries again to take it."""
+        return min(self._due.values()) if self.leader else self._due["elect"]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="doctorjob-maintenance", daemon=True)
@@ -206,9 +225,10 @@ class Maintenance:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        failures = 0
+        failures, first = 0, True
         try:
-            while not self.stopping.is_set():
+            while first or not self.stopping.is_set():  # once at least: a burst worker prunes too
+                first = False
                 try:
                     self.run_due()
                     failures = 0
@@ -219,7 +239,7 @@ class Maintenance:
                     _close(self.alias)
                     self.stopping.wait(min(0.5 * 2 ** (failures - 1), 10.0))
                     continue
-                self.stopping.wait(max(0.0, min(self._due.values()) - time.monotonic()))
+                self.stopping.wait(max(0.0, self.next_due() - time.monotonic()))
             if self.leader:
                 resign(self.alias, self.holder)
         except DatabaseError as exc:

@@ -164,7 +164,7 @@ class Worker:
             concurrency=self.concurrency, lease=self.lease, started_at=now, last_heartbeat=now,
         ))
         self._skip_on_overlap = [n for n, t in registry.items() if t.on_overlap == "skip"]
-        self.maintenance.run_due()
+        self.maintenance.run_due(prune=False)  # pruning starts at once, on the maintenance thread
 
     def _refresh_definitions(self) -> None:
         """Re-read minimal versions (operators change them at any time)."""

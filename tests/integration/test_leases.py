@@ -403,7 +403,7 @@ def test_prune_deletes_only_succeeded_jobs_older_than_the_retention():
     queued = JobFactory(created_at=long_ago, run_at=long_ago)
     retried = JobFactory(finished_at=long_ago)  # queued for a retry; a retry sets finished_at
     letter = DeadLetterFactory(job=dead)
-    assert maintenance.prune_succeeded(DB, timedelta(days=7)) == 1
+    assert maintenance.prune_succeeded(DB, timedelta(days=7)) == (1, False)
     assert set(Job.objects.values_list("pk", flat=True)) == {recent.pk, dead.pk, cancelled.pk, queued.pk, retried.pk}
     assert not JobExecution.objects.exists()
     assert DeadLetter.objects.get().pk == letter.pk
@@ -415,7 +415,7 @@ def test_prune_keeps_a_dead_letter_whose_job_or_requeued_job_is_pruned():
     DeadLetter.objects.filter(pk=retried.pk).update(requeued_job_id=retried.job_id, requeued_at=timezone.now())
     Job.objects.filter(pk__in=[letter.requeued_job_id, retried.job_id]).update(
         status=Status.SUCCEEDED, finished_at=timezone.now() - timedelta(days=30))
-    assert maintenance.prune_succeeded(DB, timedelta(days=7)) == 2
+    assert maintenance.prune_succeeded(DB, timedelta(days=7)) == (2, False)
     letter.refresh_from_db()
     retried.refresh_from_db()
     assert (letter.requeued_job_id, retried.job_id, retried.requeued_job_id) == (None, None, None)
@@ -426,8 +426,15 @@ def test_prune_keeps_a_dead_letter_whose_job_or_requeued_job_is_pruned():
 def test_prune_works_through_more_jobs_than_one_batch():
     long_ago = timezone.now() - timedelta(days=8)
     JobFactory.create_batch(7, succeeded=True, finished_at=long_ago)
-    assert maintenance.prune_succeeded(DB, timedelta(days=7), batch=3) == 7
+    assert maintenance.prune_succeeded(DB, timedelta(days=7), batch=3) == (7, False)
     assert not Job.objects.exists()
+
+
+def test_prune_stops_after_its_time_budget_saying_that_rows_are_left():
+    long_ago = timezone.now() - timedelta(days=8)
+    JobFactory.create_batch(7, succeeded=True, finished_at=long_ago)
+    assert maintenance.prune_succeeded(DB, timedelta(days=7), batch=3, budget=0) == (3, True)
+    assert maintenance.prune_succeeded(DB, timedelta(days=7), batch=3) == (4, False)
 
 
 def test_prune_stops_between_batches_when_the_worker_stops():
@@ -435,8 +442,8 @@ def test_prune_stops_between_batches_when_the_worker_stops():
     JobFactory.create_batch(7, succeeded=True, finished_at=long_ago)
     stopping = threading.Event()
     stopping.set()
-    assert maintenance.prune_succeeded(DB, timedelta(days=7), batch=3, stopping=stopping) == 0
-    assert Job.objects.count() == 7
+    assert maintenance.prune_succeeded(DB, timedelta(days=7), batch=3, stopping=stopping) == (3, True)
+    assert Job.objects.count() == 4
 
 
 # -- the maintenance lease ------------------------------------------------------------------------
@@ -464,3 +471,13 @@ def test_a_job_rescued_by_the_sweep_keeps_its_place_in_line():
     assert Job.objects.get(pk=first.pk).run_at == first.run_at
     assert [j.id for j in claim(limit=1)] == [first.pk]
     assert [j.id for j in claim(limit=1)] == [second.pk]
+
+
+def test_a_worker_without_the_maintenance_lease_waits_for_its_next_try_instead_of_spinning():
+    import time
+
+    assert maintenance.elect(DB, "holder", 30)
+    other = maintenance.Maintenance(DB, "other", 30, threading.Event(), lambda finished: None)
+    other.run_due()
+    assert not other.leader
+    assert other.next_due() >= time.monotonic() + 9  # a third of its lease

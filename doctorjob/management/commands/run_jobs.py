@@ -6,7 +6,6 @@ from django.core.management.base import BaseCommand, CommandError
 
 from doctorjob.conf import settings
 from doctorjob.supervisor import run_processes, stop_on_signals
-from doctorjob.worker import Worker
 
 
 def positive_int(text: str) -> int:
@@ -70,6 +69,8 @@ class Command(BaseCommand):
             if code:
                 raise SystemExit(code)
             return
+        from doctorjob.worker import Worker  # here: the option types above import without Django set up
+
         self._configure_logging(options["verbosity"])
         try:
             worker = Worker(
