@@ -28,6 +28,8 @@ _RULES = {
     "LEASE": (lambda v: _number(v, 3), "a number of seconds >= 3"),
     "SHUTDOWN_TIMEOUT": (lambda v: _number(v, 0), "a number of seconds >= 0"),
     "JOBS": (lambda v: isinstance(v, dict), "a dict of job name -> overrides"),
+    "MAX_PAYLOAD_BYTES": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8 * 2**20,
+                          "an integer from 1 to 8 MiB (8388608), what every supported database accepts"),
 }
 
 

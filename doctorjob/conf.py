@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     # it on every call. None: yes, unless the database sets DISABLE_SERVER_SIDE_CURSORS (Django's
     # setting for PgBouncer in transaction pooling mode). True or False to decide yourself.
     "PREPARE": None,
+    # The largest payload enqueue() accepts, in bytes of JSON: within what every supported
+    # database takes in one value (MariaDB's default max_allowed_packet is 16 MiB).
+    "MAX_PAYLOAD_BYTES": 1024 * 1024,
     # Worker defaults; `run_jobs` options override them.
     "CONCURRENCY": 4,
     "BATCH_SIZE": 100,

@@ -104,14 +104,25 @@ def may_prepare(connection) -> bool:
     return not behind_pooler(connection) if settings.PREPARE is None else settings.PREPARE
 
 
+def settings_use_tz() -> bool:
+    from django.conf import settings as django_settings
+
+    return bool(django_settings.USE_TZ)
+
+
 def database_now(connection) -> datetime:
     """The database server's time, the one clock every worker and host compares against (due
     times, leases, retention), so that a host whose own clock drifts decides nothing early or
     late. SQLite is a file on one host: its clock is that host's."""
+    from django.utils import timezone
+
     if connection.vendor == "sqlite":
-        return datetime.now(dt_timezone.utc)
+        return timezone.now()
     sql = "SELECT statement_timestamp()" if connection.vendor == "postgresql" else "SELECT UTC_TIMESTAMP(6)"
     with connection.cursor() as cursor:
         cursor.execute(sql)
         now = cursor.fetchone()[0]
-    return now if now.tzinfo is not None else now.replace(tzinfo=dt_timezone.utc)
+    if timezone.is_naive(now):
+        now = now.replace(tzinfo=dt_timezone.utc)
+    # As timezone.now() gives it: aware in UTC with USE_TZ, naive local time without.
+    return now if settings_use_tz() else timezone.make_naive(now)

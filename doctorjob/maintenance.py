@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connections, transaction
 from django.db.models import Q
 
 from . import leases, schedule
 from .conf import settings
 from .db import database_now, execute
-from .models import DeadLetter, Job, JobDefinition, JobExecution, MaintenanceLease, Status, Worker
+from .models import DeadLetter, Job, JobDefinition, JobExecution, MaintenanceLease, QueueState, Status, Worker
 from .outbox import enqueue
 from .registry import registry
 from .signals import DEAD, RETRYING
@@ -148,20 +148,29 @@ def enqueue_due_ticks(alias: str, now: datetime | None = None) -> list[Job]:
     """
     now = now or database_now(connections[alias])
     enqueued = []
-    definitions = JobDefinition.objects.using(alias).filter(retired=False, paused=False).exclude(schedule="")
+    paused_queues = QueueState.objects.using(alias).filter(paused=True).values("name")
+    definitions = (JobDefinition.objects.using(alias).filter(retired=False, paused=False).exclude(schedule="")
+                   .exclude(queue__in=paused_queues))
     for name, expression, since, last, payload, options in definitions.values_list(
             "name", "schedule", "scheduled_since", "last_tick", "payload", "options"):
         if name not in registry:
             continue
-        tick = schedule.latest_tick(expression, now, (options or {}).get("timezone"))
-        if (since and tick < since) or (last and tick <= last):
-            continue
-        with transaction.atomic(using=alias):
-            moved = JobDefinition.objects.using(alias).filter(name=name).filter(
-                Q(last_tick__isnull=True) | Q(last_tick__lt=tick)).update(last_tick=tick)
-            if moved:  # no other worker recorded this tick first
-                enqueued.append(enqueue(name, payload, key=schedule.tick_key(name, tick), using=alias))
-                logger.info("scheduled job_id=%s name=%s tick=%s", enqueued[-1].pk, name, tick.isoformat())
+        try:
+            tick = schedule.latest_tick(expression, now, (options or {}).get("timezone"))
+            if (since and tick < since) or (last and tick <= last):
+                continue
+            with transaction.atomic(using=alias):
+                moved = JobDefinition.objects.using(alias).filter(name=name).filter(
+                    Q(last_tick__isnull=True) | Q(last_tick__lt=tick)).update(last_tick=tick)
+                if moved:  # no other worker recorded this tick first
+                    # Due at the tick, by the database's clock, whatever this host's clock says.
+                    job = enqueue(name, payload, key=schedule.tick_key(name, tick), run_at=tick, using=alias)
+                    enqueued.append(job)
+                    logger.info("scheduled job_id=%s name=%s tick=%s", job.pk, name, tick.isoformat())
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:  # noqa: BLE001 - one broken schedule must not hold back the others
+            logger.exception("schedule of job %s failed; its tick was not enqueued", name)
     return enqueued
 
 
@@ -188,28 +197,47 @@ class Maintenance:
             self._due["elect"] = now + self.lease / 3
         if not self.leader:
             return
-        if now >= self._due["sweep"]:
-            self.on_finished(sweep_expired(self.alias))  # logged as retrying or dead, error "worker lost"
-            mark_lost_workers(self.alias)
+        # Each chore on its own: one that fails (a prune refused by a foreign key of yours, a
+        # broken definition) is logged and tried again later, and holds up none of the others.
+        if now >= self._due["sweep"] and self._chore("sweep", self._sweep, now + min(self.lease / 3, 5.0)):
             self._due["sweep"] = now + min(self.lease / 3, 5.0)
-        if now >= self._due["tick"]:
-            enqueue_due_ticks(self.alias)
+        if now >= self._due["tick"] and self._chore("tick", lambda: enqueue_due_ticks(self.alias), now + 1.0):
             self._due["tick"] = now + TICK_EVERY
         if prune and now >= self._due["prune"]:
-            # A few seconds at a time, so that the lease and the other chores keep their timers
-            # through a backlog of millions; the next round follows at once while rows are left.
-            started = time.monotonic()
-            pruned, more = prune_succeeded(self.alias, settings.KEEP_SUCCEEDED, stopping=self.stopping,
-                                           budget=min(self.lease / 3, 5.0))
-            self._pruned += pruned
-            self._pruning_seconds += time.monotonic() - started
-            if more:
-                self._due["prune"] = 0.0
-            else:
-                if self._pruned:
-                    logger.info("pruned succeeded jobs count=%s seconds=%.1f", self._pruned, self._pruning_seconds)
-                self._pruned, self._pruning_seconds = 0, 0.0
-                self._due["prune"] = time.monotonic() + PRUNE_EVERY
+            self._chore("prune", self._prune, now + PRUNE_EVERY)
+
+    def _chore(self, name: str, chore: Callable[[], Any], retry_at: float) -> bool:
+        """Run one chore; on an error other than the database going away, log it with its
+        traceback and put the chore off until ``retry_at``. True if it ran."""
+        try:
+            chore()
+            return True
+        except (OperationalError, InterfaceError):
+            raise  # the database is away: the thread backs off and reconnects
+        except Exception:  # noqa: BLE001 - a chore must never stop the others
+            logger.exception("maintenance: %s failed, trying again in %.0fs", name, retry_at - time.monotonic())
+            self._due[name] = retry_at
+            return False
+
+    def _sweep(self) -> None:
+        self.on_finished(sweep_expired(self.alias))  # logged as retrying or dead, error "worker lost"
+        mark_lost_workers(self.alias)
+
+    def _prune(self) -> None:
+        """A few seconds at a time, so that the lease and the other chores keep their timers
+        through a backlog of millions; the next round follows at once while rows are left."""
+        started = time.monotonic()
+        pruned, more = prune_succeeded(self.alias, settings.KEEP_SUCCEEDED, stopping=self.stopping,
+                                       budget=min(self.lease / 3, 5.0))
+        self._pruned += pruned
+        self._pruning_seconds += time.monotonic() - started
+        if more:
+            self._due["prune"] = 0.0
+            return
+        if self._pruned:
+            logger.info("pruned succeeded jobs count=%s seconds=%.1f", self._pruned, self._pruning_seconds)
+        self._pruned, self._pruning_seconds = 0, 0.0
+        self._due["prune"] = time.monotonic() + PRUNE_EVERY
 
     def next_due(self) -> float:
         """When a chore is next due (time.monotonic()); a worker that does not hold the lease only

@@ -14,6 +14,7 @@ from .exceptions import InvalidEnqueue
 from .models import DeadLetter, Job, JobDefinition, Status
 from .outbox import _write, build_job, enqueue
 from .registry import get_job_type
+from .signals import job_enqueued
 
 
 def requeue(dead_letter, payload: Any = None, *, using: str | None = None) -> Job:
@@ -28,6 +29,8 @@ def requeue(dead_letter, payload: Any = None, *, using: str | None = None) -> Jo
         job = _write([row], alias)[0]
         letter.requeued_at, letter.requeued_job = timezone.now(), job
         letter.save(update_fields=["requeued_at", "requeued_job"])
+        if job_enqueued.receivers:
+            job_enqueued.send(sender=Job, job=job)
     return job
 
 
@@ -35,11 +38,16 @@ def retry(jobs, *, using: str | None = None) -> int:
     """Queue dead or cancelled jobs to run now and mark their dead letters requeued as them, so
     the same work cannot be requeued twice; returns how many were queued."""
     alias, now = using or router.db_for_write(Job), timezone.now()
+    selected = [j.pk for j in jobs]
     with transaction.atomic(using=alias):
-        already = DeadLetter.objects.using(alias).filter(requeued_at__isnull=False, job__isnull=False)
+        # The dead letters first, locked, in the order requeue() locks them: a requeue of one of
+        # them running at this moment either committed before (and the job is left alone here)
+        # or waits for this transaction and then finds its dead letter requeued.
+        letters = DeadLetter.objects.using(alias).select_for_update().filter(job_id__in=selected).order_by("pk")
+        already = {job_id for job_id, requeued_at in letters.values_list("job_id", "requeued_at") if requeued_at}
         pks = list(Job.objects.using(alias).select_for_update().filter(
-            pk__in=[j.pk for j in jobs], status__in=[Status.DEAD, Status.CANCELLED],
-        ).exclude(pk__in=already.values("job_id")).values_list("pk", flat=True))
+            pk__in=[pk for pk in selected if pk not in already], status__in=[Status.DEAD, Status.CANCELLED],
+        ).values_list("pk", flat=True))
         DeadLetter.objects.using(alias).filter(job_id__in=pks, requeued_at__isnull=True).update(
             requeued_at=now, requeued_job_id=F("job_id"))
         return Job.objects.using(alias).filter(pk__in=pks).update(

@@ -18,10 +18,12 @@ from .conf import settings
 from .exceptions import InvalidEnqueue, InvalidPayload, TransactionRequired
 from .db import execute
 from .models import Job, new_job
-from .registry import get_job_type
+from .payloads import check_json, text_problem
+from .registry import QUEUE_NAME, QUEUE_RULE, get_job_type
 from .signals import job_enqueued
 
 CHANNEL = "doctorjob"
+
 _ENQUEUE_ARGS = {"job", "payload", "key", "delay", "run_at", "priority", "queue", "max_attempts"}
 
 
@@ -112,26 +114,34 @@ def build_job(
             raise InvalidEnqueue(f"job '{job_type.name}': delay must be a timedelta or seconds, got {delay!r}")
         if seconds < 0:
             raise InvalidEnqueue(f"job '{job_type.name}': delay must not be negative, got {delay!r}")
-        run_at = now + timedelta(seconds=seconds)
+        try:
+            run_at = now + timedelta(seconds=seconds)
+        except OverflowError:
+            raise InvalidEnqueue(f"job '{job_type.name}': delay {delay!r} runs past the year 9999") from None
     elif run_at is not None:
         if not isinstance(run_at, datetime):
             raise InvalidEnqueue(f"job '{job_type.name}': run_at must be a datetime, got {run_at!r}")
         if timezone.is_naive(run_at):
             raise InvalidEnqueue(f"job '{job_type.name}': run_at must be timezone-aware, got {run_at!r}")
-    if key is not None and (not isinstance(key, str) or not key or len(key) > 255):
-        raise InvalidEnqueue(f"job '{job_type.name}': key must be a non-empty string of at most 255 characters")
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-        raise InvalidEnqueue(f"job '{job_type.name}': priority must be an integer, got {priority!r}")
-    if queue is not None and (not isinstance(queue, str) or not queue or len(queue) > 100):
-        raise InvalidEnqueue(f"job '{job_type.name}': queue must be a non-empty string, got {queue!r}")
-    if max_attempts is not None and (
-        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
-    ):
-        raise InvalidEnqueue(f"job '{job_type.name}': max_attempts must be an integer >= 1, got {max_attempts!r}")
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 255 or text_problem(key)):
+        raise InvalidEnqueue(f"job '{job_type.name}': key must be a non-empty string of at most 255 characters "
+                             f"with no NUL character or lone surrogate, got {key!r:.80}")
+    if priority is not None and not _int32(priority):
+        raise InvalidEnqueue(f"job '{job_type.name}': priority must be an integer from -2147483648 to "
+                             f"2147483647, got {priority!r:.80}")
+    if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue)):
+        raise InvalidEnqueue(f"job '{job_type.name}': {QUEUE_RULE}, got {queue!r:.80}")
+    if max_attempts is not None and not (_int32(max_attempts) and max_attempts >= 1):
+        raise InvalidEnqueue(f"job '{job_type.name}': max_attempts must be an integer from 1 to 2147483647, "
+                             f"got {max_attempts!r:.80}")
+    concurrency_key = job_type.key_for(payload)
+    if concurrency_key is not None and (len(concurrency_key) > 255 or text_problem(concurrency_key)):
+        raise InvalidPayload(f"concurrency key of job '{job_type.name}' must be at most 255 characters with no NUL "
+                             f"character or lone surrogate, got {concurrency_key!r:.80}")
     return new_job(
         name=job_type.name,
         version=settings.JOBS.get(job_type.name, {}).get("version", job_type.version),
-        concurrency_key=job_type.key_for(payload),
+        concurrency_key=concurrency_key,
         queue=queue or job_type.queue,
         payload=payload,
         priority=job_type.priority if priority is None else priority,
@@ -142,48 +152,9 @@ def build_job(
     )
 
 
-def check_json(payload: Any, job_name: str) -> None:
-    """Raise InvalidPayload naming the first value that JSON cannot carry, with its path."""
-    problem = first_non_json(payload, "payload")
-    if problem:
-        where, value = problem
-        raise InvalidPayload(
-            f"{where} of job '{job_name}' is a {type(value).__name__} ({value!r:.60}), "
-            "which is not JSON-serialisable"
-        )
-
-
-def first_non_json(value: Any, root: str) -> tuple[str, Any] | None:
-    """The first value JSON cannot carry and where it is (``root['a'][0]``), or None."""
-    found = _first_non_json(value)
-    return None if found is None else (root + "".join(found[0]), found[1])
-
-
-_JSON_SCALARS = (str, bool, int, type(None))  # and finite floats
-
-
-def _first_non_json(value: Any) -> tuple[list[str], Any] | None:
-    """The first value JSON cannot carry, with the path to it. Runs on every payload enqueued,
-    so leaves are checked inline and the path is only built once a bad value is found."""
-    if isinstance(value, _JSON_SCALARS):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else ([], value)
-    if isinstance(value, dict):
-        for k, item in value.items():
-            if not isinstance(k, str):
-                return ([f" key {k!r}"], k)
-            if not isinstance(item, _JSON_SCALARS) and (found := _first_non_json(item)):
-                found[0].insert(0, f"[{k!r}]")
-                return found
-        return None
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            if not isinstance(item, _JSON_SCALARS) and (found := _first_non_json(item)):
-                found[0].insert(0, f"[{i}]")
-                return found
-        return None
-    return ([], value)
+def _int32(value: Any) -> bool:
+    """An integer the databases' integer columns hold."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31
 
 
 def _write(rows: list[Job], using: str | None) -> list[Job]:
@@ -248,12 +219,17 @@ def _write_postgresql(rows: list[Job], connection) -> list[Job]:
     keyed = any(row.key is not None for row in rows)
     if len(rows) == 1:
         row = rows[0]
-        params = [row.name, row.queue, _to_json(row.payload), row.priority, row.run_at, row.max_attempts,
+        payload = _to_json(row.payload)
+        if len(payload) > settings.MAX_PAYLOAD_BYTES:
+            _refuse_size(row, payload)
+        params = [row.name, row.queue, payload, row.priority, row.run_at, row.max_attempts,
                   row.key, row.created_at, row.version, row.concurrency_key]
         sql = _INSERT_ONE[keyed, settings.NOTIFY and row.run_at <= row.created_at]
         returned = execute(connection, sql, params, prepare=True)
     else:
         payloads = _to_json([*map(_payload, rows)])  # ASCII: its length is its size in bytes
+        if len(payloads) > settings.MAX_PAYLOAD_BYTES:
+            _check_sizes(rows)
         if len(payloads) > BATCH_JSON_LIMIT:
             half = len(rows) // 2
             return _write_postgresql(rows[:half], connection) + _write_postgresql(rows[half:], connection)
@@ -299,8 +275,22 @@ def _write_postgresql(rows: list[Job], connection) -> list[Job]:
     return result
 
 
+def _check_sizes(rows: list[Job]) -> None:
+    """Raise InvalidPayload for the first job whose payload passes MAX_PAYLOAD_BYTES."""
+    for row in rows:
+        payload = _to_json(row.payload)
+        if len(payload) > settings.MAX_PAYLOAD_BYTES:
+            _refuse_size(row, payload)
+
+
+def _refuse_size(row: Job, payload: str) -> None:
+    raise InvalidPayload(f"payload of job '{row.name}' is {len(payload):,} bytes of JSON; "
+                         f"DOCTORJOB['MAX_PAYLOAD_BYTES'] allows {settings.MAX_PAYLOAD_BYTES:,}")
+
+
 def _write_portable(rows: list[Job], alias: str) -> list[Job]:
     """SQLite and MySQL: plain ORM inserts; a duplicate key is caught in a savepoint."""
+    _check_sizes(rows)
     keyless = [row for row in rows if row.key is None]
     if len(keyless) > 1:
         Job.objects.using(alias).bulk_create(keyless)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,10 @@ from .exceptions import InvalidPayload, UnknownJob
 from .retry import BackoffSpec
 
 Handler = Callable[[Any, Any], Any]
+# Queue names: what run_jobs --queues can name (no comma, no surrounding space) and what every
+# database stores as it is.
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+QUEUE_RULE = "a queue name is 1 to 100 letters, digits, '_', '-', '.' or ':'"
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,8 @@ def job(
     """
     if callable(name):  # bare @job
         return job()(name)
-    if not isinstance(queue, str) or not queue:
-        raise ImproperlyConfigured(f"@job queue must be a non-empty string, got {queue!r}")
+    if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
+        raise ImproperlyConfigured(f"@job queue: {QUEUE_RULE}, got {queue!r}")
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise ImproperlyConfigured(f"@job max_attempts must be an integer >= 1, got {max_attempts!r}")
     if isinstance(priority, bool) or not isinstance(priority, int):

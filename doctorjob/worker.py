@@ -32,7 +32,7 @@ from .leases import RELEASED, Finish
 from .maintenance import Maintenance
 from .models import Job, JobDefinition
 from .models import Worker as WorkerRow
-from .outbox import first_non_json
+from .payloads import DEPTH, MAX_DEPTH, NUL, SURROGATE, first_problem, storable, storable_text
 from .registry import registry
 from .retry import retry_delay
 from .signal_handlers import QuietPerJob
@@ -40,6 +40,7 @@ from .signals import DEAD, RETRYING, SKIPPED, SUCCEEDED, job_finished, job_start
 
 logger = logging.getLogger("doctorjob")
 
+MAX_DELAY = 365 * 24 * 3600.0  # a retry's delay is capped at a year: a backoff cap of 1e12 s is an error
 RECORD_EVERY = 0.05  # seconds an outcome may wait to be saved with others in one statement
 REFRESH_EVERY = 1.0  # minimal versions are re-read this often
 # What a handler thread reports: the outcome to record ("todo"), already recorded with the
@@ -247,21 +248,50 @@ class Worker:
         if not self._unrecorded:
             return
         pending, self._unrecorded = self._unrecorded, []
+        todo = [f for f, state in pending if state == TODO]
         try:
-            ours = {f.job.id for f in leases.finish(self.alias, [f for f, state in pending if state == TODO])}
+            try:
+                ours = {f.job.id: f for f in leases.finish(self.alias, todo)}
+            except (OperationalError, InterfaceError):
+                raise  # the database is away: all of them wait for the next round
+            except (DatabaseError, ValueError, TypeError) as exc:  # one job's outcome cannot be stored
+                logger.warning("recording %s outcome(s) together failed, recording each alone: %s", len(todo), exc)
+                ours = self._record_each(todo)
         except BaseException:
             self._unrecorded = pending + self._unrecorded  # recording is idempotent (fenced)
             raise
         finished = []
         for f, state in pending:
-            self._in_flight.pop(f.job.id, None)
+            if self._in_flight.get(f.job.id) is f.job:  # not a newer claim of the same job
+                del self._in_flight[f.job.id]
             self.processed += 1
-            if state == DONE or (state == TODO and f.job.id in ours):
+            if state == DONE:
                 finished.append(f)
+            elif state == TODO and f.job.id in ours:
+                finished.append(ours[f.job.id])
             else:
                 logger.warning("lease lost job_id=%s name=%s attempt=%s: another worker took the job over",
                                f.job.id, f.job.name, f.job.attempts)
         self._finished(finished)
+
+    def _record_each(self, todo: Sequence[Finish]) -> dict[int, Finish]:
+        """Record outcomes one at a time, so that a value the database refuses fails its own job
+        alone: it is recorded as a failed attempt that says why. Returns what was recorded, by id."""
+        ours = {}
+        for f in todo:
+            try:
+                with transaction.atomic(using=self.alias):
+                    done = leases.finish(self.alias, [f])
+            except (OperationalError, InterfaceError):
+                raise
+            except (DatabaseError, ValueError, TypeError) as exc:
+                error = storable_text(f"the worker could not store this attempt's outcome ({f.outcome}): "
+                                      f"{_describe(exc)}")
+                logger.error("job_id=%s name=%s: %s", f.job.id, f.job.name, error)
+                failed = self._failed(f.job, self._retry_or_dead(f.job), error[:10_000])[0]
+                done = leases.finish(self.alias, [failed._replace(duration=f.duration)])
+            ours.update((d.job.id, d) for d in done)
+        return ours
 
     @staticmethod
     def _finished(finished: Sequence[Finish]) -> None:
@@ -347,7 +377,12 @@ class Worker:
                 return
             if self._stopping.is_set() and self.shutdown_timeout == 0:
                 continue
-            outcome = self._execute(job)
+            try:
+                outcome = self._execute(job)
+            except BaseException as exc:  # noqa: BLE001 - never lose the thread, whatever went wrong
+                logger.exception("worker error while running job_id=%s name=%s", job.id, job.name)
+                outcome = self._failed(job, self._retry_or_dead(job), f"worker error: {_describe(exc)}",
+                                       _traceback(exc))
             _tidy_connections(own)
             self._done.put(outcome)
             # Wake the main thread only when it has work: claiming more (the queue of waiting
@@ -389,18 +424,27 @@ class Worker:
         except LeaseLost:
             return Finish(job, SUCCEEDED, duration=time.monotonic() - started, worker=self.id), LOST
         except PermanentError as exc:
-            return self._failed(job, DEAD, _describe(exc), traceback.format_exc(), started)
+            return self._failed(job, DEAD, _describe(exc), _traceback(exc), started)
         except BaseException as exc:  # noqa: BLE001 - a handler must never kill its thread
-            if job.attempts < job.max_attempts:
-                delay = retry_delay(job_type.backoff_policy(), job.attempts)
-                return self._failed(job, RETRYING, _describe(exc), traceback.format_exc(), started, delay)
-            return self._failed(job, DEAD, _describe(exc), traceback.format_exc(), started)
+            return self._failed(job, self._retry_or_dead(job), _describe(exc), _traceback(exc), started)
         finally:
             set_current_job(None)
 
-    def _failed(self, job: Job, outcome: str, error: str, tb: str = "", started: float | None = None,
-                delay: float = 0.0) -> tuple[Finish, str]:
+    @staticmethod
+    def _retry_or_dead(job: Job) -> str:
+        return RETRYING if job.attempts < job.max_attempts else DEAD
+
+    def _failed(self, job: Job, outcome: str, error: str, tb: str = "", started: float | None = None
+                ) -> tuple[Finish, str]:
         duration = 0.0 if started is None else time.monotonic() - started
+        delay = 0.0
+        if outcome == RETRYING:
+            job_type = registry.get(job.name)
+            try:
+                delay = retry_delay(job_type.backoff_policy(), job.attempts) if job_type else 0.0
+            except Exception as exc:  # noqa: BLE001 - a user's backoff function
+                logger.exception("backoff of job_id=%s name=%s failed, retrying at once: %r", job.id, job.name, exc)
+            delay = min(delay, MAX_DELAY)
         return Finish(job, outcome, error=error, traceback=tb, delay=delay, duration=duration, worker=self.id), TODO
 
     # -- LISTEN/NOTIFY --------------------------------------------------------------------------
@@ -458,12 +502,29 @@ def _tidy_connections(own: Sequence[BaseDatabaseWrapper]) -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """``Class: message``, storable whatever the exception holds; an exception whose ``str()``
+    raises is described by its class."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - any exception's __str__ may be broken
+        return f"{name} (its message could not be read: str() raised)"
+    return storable_text(f"{name}: {text}" if text else name)
+
+
+def _traceback(exc: BaseException) -> str:
+    return storable_text("".join(traceback.format_exception(exc)))
 
 
 def _jsonable(result: Any, ctx: JobContext) -> Any:
-    problem = first_non_json(result, "result")
-    if problem:
-        ctx.logger.warning("%s is a %s, not JSON: the result is not saved", problem[0], type(problem[1]).__name__)
-        return None
-    return result
+    """The result to save: None (with a warning) if it is not JSON or nested too deep, with
+    NULs and lone surrogates escaped."""
+    problem = first_problem(result, "result")
+    if problem is None:
+        return result
+    where, value, why = problem
+    if why in (NUL, SURROGATE):
+        return storable(result)
+    what = f"nested deeper than {MAX_DEPTH} levels" if why == DEPTH else f"a {type(value).__name__}, not JSON"
+    ctx.logger.warning("%s is %s: the result is not saved", where, what)
+    return None

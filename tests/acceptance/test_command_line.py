@@ -53,7 +53,8 @@ def test_max_jobs_runs_exactly_that_many_then_exits_0(tmp_path):
 @pytest.mark.parametrize(("option", "complaint"), [
     (["--concurrency", "0"], "--concurrency: must be at least 1, got 0"),
     (["--lease", "1"], "--lease: must be at least 3 seconds, got 1"),
-    (["--queues", ","], "--queues: expected comma-separated queue names, got ','"),
+    (["--queues", ","], "--queues: expected comma-separated queue names (a queue name is 1 to 100 letters, "
+                        "digits, '_', '-', '.' or ':'), got ''"),
 ], ids=["concurrency-0", "lease-1", "queues-empty"])
 def test_bad_options_exit_non_zero_with_a_clear_message_and_write_nothing(option, complaint):
     waiting = enqueue("tests.noop", {"n": 1})

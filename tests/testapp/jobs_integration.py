@@ -96,3 +96,27 @@ def atomic_taken_over(payload, ctx):
 def echo(payload, ctx):
     """Return the payload as it reached the handler, whatever JSON value it is."""
     return payload
+
+
+class Unprintable(Exception):
+    """An exception whose message cannot be read: str() raises."""
+
+    def __str__(self):
+        raise RuntimeError("no message for you")
+
+
+@job("integration.poison", max_attempts=1)
+def poison(payload, ctx):
+    """Produce what a worker must survive, by ``payload['kind']``."""
+    kind = payload["kind"]
+    if kind == "unprintable":
+        raise Unprintable()
+    if kind == "nul-error":
+        raise ValueError("a NUL \x00 and a lone surrogate \udc80")
+    if kind == "nul-result":
+        return {"text": "a\x00b", "lone": "x\udc80y", "key\x00": [1, "\x00"]}
+    if kind == "huge-int":
+        return 10**5000  # json.dumps refuses ints of more than 4,300 digits
+    if kind == "refused":
+        return {"poison": True}  # a test's CHECK constraint refuses it
+    return {"ok": ctx.job_id}

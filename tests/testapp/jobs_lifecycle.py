@@ -20,7 +20,7 @@ LIFECYCLE = "DOCTORJOB_TESTS_LIFECYCLE"
 SIGNALS = "DOCTORJOB_TESTS_SIGNALS"
 
 
-def hourly(payload, ctx):
+def yearly(payload, ctx):
     return ctx.key
 
 
@@ -33,7 +33,7 @@ def fails(payload, ctx):
 
 
 def register_lifecycle_jobs() -> None:
-    job("lifecycle.hourly", queue="lifecycle-ticks", schedule="0 * * * *")(hourly)
+    job("lifecycle.yearly", queue="lifecycle-ticks", schedule="0 0 1 1 *")(yearly)
     job("lifecycle.urgent", queue="lifecycle", singleton=True, priority=100)(urgent)
     job("lifecycle.fails", queue="lifecycle", max_attempts=2, backoff={"base": 0, "jitter": 0})(fails)
 

@@ -9,7 +9,7 @@ from uuid import UUID
 import pytest
 
 from doctorjob import InvalidPayload
-from doctorjob.outbox import check_json
+from doctorjob.payloads import check_json
 
 
 @pytest.mark.parametrize(

@@ -63,8 +63,8 @@ def test_two_functions_under_one_name_are_refused():
 @pytest.mark.parametrize(
     ("options", "pattern"),
     [
-        ({"queue": ""}, "queue must be a non-empty string"),
-        ({"queue": 5}, "queue must be a non-empty string"),
+        ({"queue": ""}, "a queue name is 1 to 100 letters"),
+        ({"queue": 5}, "a queue name is 1 to 100 letters"),
         ({"max_attempts": 0}, "max_attempts must be an integer >= 1"),
         ({"max_attempts": True}, "max_attempts must be an integer >= 1"),
         ({"max_attempts": 2.5}, "max_attempts must be an integer >= 1"),

@@ -19,7 +19,10 @@ from doctorjob.management.commands.run_jobs import Command
         (["--poll-interval", "abc"], "argument --poll-interval: expected a number of seconds, got 'abc'"),
         (["--poll-interval", "0"], "argument --poll-interval: must be at least 0.001 seconds, got 0"),
         (["--shutdown-timeout", "-1"], "argument --shutdown-timeout: must be at least 0 seconds, got -1"),
-        (["--queues", "a,,b"], "argument --queues: expected comma-separated queue names, got 'a,,b'"),
+        (["--queues", "a,,b"], "argument --queues: expected comma-separated queue names (a queue name is 1 to "
+                               "100 letters, digits, '_', '-', '.' or ':'), got ''"),
+        (["--queues", "emails;reports"], "argument --queues: expected comma-separated queue names (a queue name "
+                                         "is 1 to 100 letters, digits, '_', '-', '.' or ':'), got 'emails;reports'"),
         (["--no-such-option"], "unrecognized arguments: --no-such-option"),
     ],
 )

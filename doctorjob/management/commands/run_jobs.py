@@ -5,6 +5,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from doctorjob.conf import settings
+from doctorjob.registry import QUEUE_NAME, QUEUE_RULE
 from doctorjob.supervisor import run_processes, stop_on_signals
 
 
@@ -33,8 +34,9 @@ def seconds(minimum: float):
 
 def queue_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"expected comma-separated queue names, got {text!r}")
+    bad = [name for name in names if not QUEUE_NAME.fullmatch(name)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected comma-separated queue names ({QUEUE_RULE}), got {bad[0]!r}")
     return names
 
 
