@@ -7,26 +7,23 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core import checks
 
-from .conf import DEFAULTS
-
-
-def _number(value: Any, minimum: float) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= minimum
+from .conf import DEFAULTS, MAX_KEEP_SUCCEEDED, out_of_range
 
 
 _RULES = {
     "REQUIRE_TRANSACTION": (lambda v: isinstance(v, bool), "True or False"),
-    "KEEP_SUCCEEDED": (lambda v: isinstance(v, timedelta) and v >= timedelta(0), "a timedelta >= 0"),
+    "KEEP_SUCCEEDED": (lambda v: isinstance(v, timedelta) and timedelta(0) <= v <= MAX_KEEP_SUCCEEDED,
+                       "a timedelta from 0 to 3650 days"),
     "BACKOFF": (lambda v: isinstance(v, dict), "a dict with base, factor, cap, jitter"),
     "NOTIFY": (lambda v: isinstance(v, bool), "True or False"),
     "LISTEN_DATABASE": (lambda v: v is None or v is False or v in django_settings.DATABASES,
                         "None, False or an alias in DATABASES"),
     "PREPARE": (lambda v: v is None or isinstance(v, bool), "None, True or False"),
-    "CONCURRENCY": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
-    "BATCH_SIZE": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
-    "POLL_INTERVAL": (lambda v: _number(v, 0.001), "a number of seconds > 0"),
-    "LEASE": (lambda v: _number(v, 3), "a number of seconds >= 3"),
-    "SHUTDOWN_TIMEOUT": (lambda v: _number(v, 0), "a number of seconds >= 0"),
+    "CONCURRENCY": (lambda v: not out_of_range("CONCURRENCY", v), "an integer from 1 to 1000"),
+    "BATCH_SIZE": (lambda v: not out_of_range("BATCH_SIZE", v), "an integer from 1 to 10000"),
+    "POLL_INTERVAL": (lambda v: not out_of_range("POLL_INTERVAL", v), "a number of seconds from 0.001 to 3600"),
+    "LEASE": (lambda v: not out_of_range("LEASE", v), "a number of seconds from 3 to 86400"),
+    "SHUTDOWN_TIMEOUT": (lambda v: not out_of_range("SHUTDOWN_TIMEOUT", v), "a number of seconds from 0 to 86400"),
     "JOBS": (lambda v: isinstance(v, dict), "a dict of job name -> overrides"),
     "MAX_PAYLOAD_BYTES": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8 * 2**20,
                           "an integer from 1 to 8 MiB (8388608), what every supported database accepts"),
@@ -68,6 +65,7 @@ def check_job_overrides(app_configs=None, **kwargs: Any) -> list[checks.CheckMes
 
     from .definitions import OVERRIDE_KEYS
     from .exceptions import InvalidPayload
+    from .payloads import check_json
     from .registry import registry
     from .schedule import ScheduleError, validate_schedule
 
@@ -106,14 +104,23 @@ def check_job_overrides(app_configs=None, **kwargs: Any) -> list[checks.CheckMes
                 error(name, f"bad 'timezone': unknown time zone {override['timezone']!r}", "doctorjob.E013")
         if "payload" in override:
             try:
+                check_json(override["payload"], name)
                 registry[name].validate(override["payload"])
             except InvalidPayload as exc:
                 error(name, f"bad 'payload': {exc}", "doctorjob.E014")
+        elif override.get("schedule") and not registry[name].schedule:
+            # Scheduled by the override alone: its ticks carry the job's default payload.
+            try:
+                registry[name].validate(registry[name].payload if registry[name].payload is not None else {})
+            except InvalidPayload as exc:
+                error(name, f"the schedule's payload (the job's default) fails: {exc}", "doctorjob.E014",
+                      "Give the override a 'payload' the job's schema accepts.")
         if "version" in override and not (
             isinstance(override["version"], int) and not isinstance(override["version"], bool)
-            and override["version"] >= 1
+            and 1 <= override["version"] < 2**31
         ):
-            error(name, f"bad 'version': must be an integer >= 1, got {override['version']!r}", "doctorjob.E015")
+            error(name, f"bad 'version': must be an integer from 1 to 2147483647, got {override['version']!r}",
+                  "doctorjob.E015")
         elif "version" in override and override["version"] < registry[name].min_version:
             error(name, f"bad 'version': {override['version']} is below the job's min_version "
                   f"{registry[name].min_version}, so every job enqueued would be skipped", "doctorjob.E015")

@@ -38,6 +38,32 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# The range of each worker number: past it a value is a typo, and some would overflow a
+# datetime or a database integer (a lease of 1e12 seconds, a batch of 10**20 jobs).
+LIMITS: dict[str, tuple[float, float]] = {
+    "CONCURRENCY": (1, 1000),
+    "BATCH_SIZE": (1, 10_000),
+    "POLL_INTERVAL": (0.001, 3600.0),
+    "LEASE": (3.0, 86_400.0),
+    "SHUTDOWN_TIMEOUT": (0.0, 86_400.0),
+    "MAX_JOBS": (1, 2**31 - 1),
+    "PROCESSES": (1, 64),
+}
+# The longest retention a setting may ask for.
+MAX_KEEP_SUCCEEDED = timedelta(days=3650)
+
+
+def out_of_range(name: str, value: object) -> str | None:
+    """Why ``value`` is not a valid ``name`` (a key of LIMITS), or None."""
+    low, high = LIMITS[name]
+    integer = isinstance(low, int) and isinstance(high, int)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+        what = "an integer" if integer else "a number"
+        return f"must be {what} from {low:g} to {high:g}, got {value!r}"
+    return None
+
+
 class Settings:
     """Attribute access to DOCTORJOB settings with defaults. Once read, the values are plain
     instance attributes (enqueue reads several per call), until settings change."""

@@ -104,6 +104,19 @@ def may_prepare(connection) -> bool:
     return not behind_pooler(connection) if settings.PREPARE is None else settings.PREPARE
 
 
+def missing_table(exc: BaseException) -> bool:
+    """Whether a database error says that one of doctorjob's tables does not exist (PostgreSQL,
+    SQLite and MySQL/MariaDB word it differently)."""
+    text = str(exc)
+    return "doctorjob_" in text and any(
+        words in text for words in ("does not exist", "no such table", "doesn't exist"))
+
+
+def not_migrated(alias: str) -> str:
+    return (f"doctorjob's tables are missing from database '{alias}': run `python manage.py migrate` "
+            f"(with --database {alias} if it is not the default)")
+
+
 def settings_use_tz() -> bool:
     from django.conf import settings as django_settings
 

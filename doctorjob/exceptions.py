@@ -22,6 +22,10 @@ class TransactionRequired(DoctorJobError):
     """`enqueue()` ran in autocommit mode while REQUIRE_TRANSACTION is on."""
 
 
+class NotMigrated(DoctorJobError):
+    """doctorjob's tables are missing from the database: run ``manage.py migrate``."""
+
+
 class PermanentError(DoctorJobError):
     """Raised by a handler: the job will not succeed on retry, dead-letter it now."""
 

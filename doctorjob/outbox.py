@@ -11,12 +11,12 @@ from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
-from django.db import IntegrityError, connections, router, transaction
+from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from .conf import settings
-from .exceptions import InvalidEnqueue, InvalidPayload, TransactionRequired
-from .db import execute
+from .db import execute, missing_table, not_migrated
+from .exceptions import InvalidEnqueue, InvalidPayload, NotMigrated, TransactionRequired
 from .models import Job, new_job
 from .payloads import check_json, text_problem
 from .registry import QUEUE_NAME, QUEUE_RULE, get_job_type
@@ -165,9 +165,14 @@ def _write(rows: list[Job], using: str | None) -> list[Job]:
             "enqueue() needs a transaction: call it inside transaction.atomic() "
             "(DOCTORJOB['REQUIRE_TRANSACTION'] is on)"
         )
-    if connection.vendor == "postgresql":
-        return _write_postgresql(rows, connection)
-    return _write_portable(rows, alias)
+    try:
+        if connection.vendor == "postgresql":
+            return _write_postgresql(rows, connection)
+        return _write_portable(rows, alias)
+    except DatabaseError as exc:
+        if missing_table(exc):
+            raise NotMigrated(not_migrated(alias)) from exc
+        raise
 
 
 # One statement, whatever the number of rows. The payloads travel as one JSON array, encoded in

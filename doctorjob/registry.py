@@ -133,10 +133,11 @@ def job(
         return job()(name)
     if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
         raise ImproperlyConfigured(f"@job queue: {QUEUE_RULE}, got {queue!r}")
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-        raise ImproperlyConfigured(f"@job max_attempts must be an integer >= 1, got {max_attempts!r}")
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ImproperlyConfigured(f"@job priority must be an integer, got {priority!r}")
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts < 2**31:
+        raise ImproperlyConfigured(f"@job max_attempts must be an integer from 1 to 2147483647, got {max_attempts!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
+        raise ImproperlyConfigured(f"@job priority must be an integer from -2147483648 to 2147483647, "
+                                   f"got {priority!r}")
     if schema is not None:
         import jsonschema
 
@@ -153,8 +154,8 @@ def job(
             raise ImproperlyConfigured(f"@job backoff: {exc}") from exc
 
     for arg, value in (("version", version), ("min_version", min_version if min_version is not None else 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ImproperlyConfigured(f"@job {arg} must be an integer >= 1, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
+            raise ImproperlyConfigured(f"@job {arg} must be an integer from 1 to 2147483647, got {value!r}")
     if min_version is not None and min_version > version:
         raise ImproperlyConfigured(f"@job min_version ({min_version}) is above version ({version})")
     if on_overlap not in ("wait", "skip"):
@@ -176,11 +177,15 @@ def job(
             1 if min_version is None else min_version, schedule or "", payload, singleton,
             on_overlap, concurrency_key,
         )
-        if payload is not None:
+        if payload is not None or schedule:  # every tick carries it ({} when none is given)
             try:
-                job_type.validate(payload)
+                from .payloads import check_json
+
+                check_json({} if payload is None else payload, job_name)
+                job_type.validate({} if payload is None else payload)
             except InvalidPayload as exc:
-                raise ImproperlyConfigured(f"@job payload: {exc}") from exc
+                what = "payload" if payload is not None else "schedule's payload ({}, as none is given)"
+                raise ImproperlyConfigured(f"@job {what}: {exc}") from exc
         existing = registry.get(job_name)
         if existing is not None and existing.path != job_type.path:
             raise ImproperlyConfigured(

@@ -9,6 +9,9 @@ from datetime import timedelta
 from typing import Any, Union
 
 
+MAX_SECONDS = 365 * 24 * 3600.0  # the longest retry delay: past it, a typo, and past 9999 an overflow
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Exponential backoff with jitter: ``min(cap, base * factor ** (attempt - 1))`` seconds,
@@ -26,6 +29,10 @@ class Backoff:
                 raise ValueError(f"backoff {f.name} must be a number >= 0, got {value!r}")
         if self.factor < 1:
             raise ValueError(f"backoff factor must be >= 1, got {self.factor!r}")
+        for name in ("base", "cap"):
+            if getattr(self, name) > MAX_SECONDS:
+                raise ValueError(f"backoff {name} must be at most a year ({MAX_SECONDS:g} seconds), "
+                                 f"got {getattr(self, name)!r}")
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retrying after failed attempt number ``attempt`` (1-based)."""

@@ -24,23 +24,22 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from . import definitions, leases
-from .conf import settings
+from .conf import out_of_range, settings
 from .context import JobContext, install_log_record_factory, set_current_job
-from .db import behind_pooler, database_now
-from .exceptions import InvalidPayload, LeaseLost, PermanentError
+from .db import behind_pooler, database_now, not_migrated
+from .exceptions import InvalidPayload, LeaseLost, NotMigrated, PermanentError
 from .leases import RELEASED, Finish
 from .maintenance import Maintenance
 from .models import Job, JobDefinition
 from .models import Worker as WorkerRow
 from .payloads import DEPTH, MAX_DEPTH, NUL, SURROGATE, first_problem, storable, storable_text
 from .registry import registry
-from .retry import retry_delay
+from .retry import MAX_SECONDS, retry_delay
 from .signal_handlers import QuietPerJob
 from .signals import DEAD, RETRYING, SKIPPED, SUCCEEDED, job_finished, job_started, send_robust
 
 logger = logging.getLogger("doctorjob")
 
-MAX_DELAY = 365 * 24 * 3600.0  # a retry's delay is capped at a year: a backoff cap of 1e12 s is an error
 RECORD_EVERY = 0.05  # seconds an outcome may wait to be saved with others in one statement
 REFRESH_EVERY = 1.0  # minimal versions are re-read this often
 # What a handler thread reports: the outcome to record ("todo"), already recorded with the
@@ -74,12 +73,12 @@ class Worker:
         self.burst = burst
         self.log_jobs = log_jobs  # the per-job INFO lines (claimed, succeeded); run_jobs -v 0 turns them off
         self.max_jobs = max_jobs
-        for option, value, minimum in (("concurrency", self.concurrency, 1), ("batch_size", self.batch_size, 1),
-                                       ("poll_interval", self.poll_interval, 0.001), ("lease", self.lease, 3),
-                                       ("shutdown_timeout", self.shutdown_timeout, 0),
-                                       ("max_jobs", max_jobs if max_jobs is not None else 1, 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
-                raise ValueError(f"{option} must be a number >= {minimum:g}, got {value!r}")
+        for option, value in (("CONCURRENCY", self.concurrency), ("BATCH_SIZE", self.batch_size),
+                              ("POLL_INTERVAL", self.poll_interval), ("LEASE", self.lease),
+                              ("SHUTDOWN_TIMEOUT", self.shutdown_timeout),
+                              ("MAX_JOBS", max_jobs if max_jobs is not None else 1)):
+            if problem := out_of_range(option, value):
+                raise ValueError(f"{option.lower()} {problem}")
         self.alias = using or router.db_for_write(Job)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.processed = 0
@@ -155,6 +154,11 @@ class Worker:
     def _start_up(self) -> None:
         """Sync job definitions, warn about unversioned changes, register this worker, and do the
         chores once if no other worker does them (a burst worker rescues lost jobs first)."""
+        connection = connections[self.alias]
+        with connection.cursor() as cursor:
+            tables = set(connection.introspection.table_names(cursor))
+        if not {"doctorjob_job", "doctorjob_maintenancelease"} <= tables:
+            raise NotMigrated(not_migrated(self.alias))
         for change in definitions.sync(self.alias):
             logger.info("definition %s", change)
         for problem in definitions.unversioned_changes(self.alias):
@@ -444,7 +448,7 @@ class Worker:
                 delay = retry_delay(job_type.backoff_policy(), job.attempts) if job_type else 0.0
             except Exception as exc:  # noqa: BLE001 - a user's backoff function
                 logger.exception("backoff of job_id=%s name=%s failed, retrying at once: %r", job.id, job.name, exc)
-            delay = min(delay, MAX_DELAY)
+            delay = min(delay, MAX_SECONDS)  # a backoff function's 1e12 s would overflow run_at
         return Finish(job, outcome, error=error, traceback=tb, delay=delay, duration=duration, worker=self.id), TODO
 
     # -- LISTEN/NOTIFY --------------------------------------------------------------------------

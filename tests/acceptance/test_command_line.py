@@ -53,9 +53,12 @@ def test_max_jobs_runs_exactly_that_many_then_exits_0(tmp_path):
 @pytest.mark.parametrize(("option", "complaint"), [
     (["--concurrency", "0"], "--concurrency: must be at least 1, got 0"),
     (["--lease", "1"], "--lease: must be at least 3 seconds, got 1"),
+    (["--lease", "inf"], "--lease: must be at most 86400 seconds, got inf"),
+    (["--lease", "1e12"], "--lease: must be at most 86400 seconds, got 1e12"),
+    (["--batch-size", "100000000000000000000"], "--batch-size: must be at most 10,000, got 100000000000000000000"),
     (["--queues", ","], "--queues: expected comma-separated queue names (a queue name is 1 to 100 letters, "
                         "digits, '_', '-', '.' or ':'), got ''"),
-], ids=["concurrency-0", "lease-1", "queues-empty"])
+], ids=["concurrency-0", "lease-1", "lease-inf", "lease-1e12", "batch-size-1e20", "queues-empty"])
 def test_bad_options_exit_non_zero_with_a_clear_message_and_write_nothing(option, complaint):
     waiting = enqueue("tests.noop", {"n": 1})
     before = doctorjob_rows()
@@ -104,3 +107,28 @@ def test_sigterm_to_a_multi_process_worker_stops_every_process_gracefully(worker
     assert parent.wait() == 0
     assert parent.output().count("worker stopped") == 2
     assert not Worker.objects.exists()  # each removed its row on a clean exit
+
+
+def test_on_a_database_never_migrated_run_jobs_and_enqueue_say_to_migrate_in_one_line(tmp_path):
+    """Missing tables are not an outage to wait out: a one-line error and a non-zero exit."""
+    import subprocess
+    import sys
+
+    from .helpers import ROOT, worker_env
+
+    env = {**worker_env(), "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}"}
+    done = subprocess.run([sys.executable, "-m", "django", "run_jobs", "--burst"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "CommandError: doctorjob's tables are missing from database 'default': run `python manage.py migrate` "
+        "(with --database default if it is not the default)")
+    assert "Traceback" not in done.stderr
+
+    script = ("import django; django.setup()\n"
+              "from doctorjob import NotMigrated, enqueue\n"
+              "try:\n    enqueue('tests.noop')\nexcept NotMigrated as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.startswith("doctorjob's tables are missing from database 'default': run `python manage.py "
+                                  "migrate`"), done.stdout + done.stderr

@@ -207,12 +207,22 @@ def test_a_starting_worker_warns_about_options_changed_without_a_new_version(reg
     ({"issue4.report": {"payload": {"format": "docx"}}}, "doctorjob.E014",
      "DOCTORJOB['JOBS']['issue4.report']: bad 'payload': payload['format'] does not match the schema of job "
      "'issue4.report'"),
+    ({"issue4.report": {"payload": {"format": "csv\x00"}}}, "doctorjob.E014",
+     "DOCTORJOB['JOBS']['issue4.report']: bad 'payload': payload['format'] of job 'issue4.report' holds a NUL"),
+    ({"issue4.report": {"payload": {"format": {1, 2}}}}, "doctorjob.E014",
+     "DOCTORJOB['JOBS']['issue4.report']: bad 'payload': payload['format'] of job 'issue4.report' is a set"),
+    ({"tests.typed": {"schedule": "0 3 * * *"}}, "doctorjob.E014",
+     "DOCTORJOB['JOBS']['tests.typed']: the schedule's payload (the job's default) fails: payload does not "
+     "match the schema of job 'tests.typed'"),
     ({"issue4.report": {"version": 0}}, "doctorjob.E015",
-     "DOCTORJOB['JOBS']['issue4.report']: bad 'version': must be an integer >= 1, got 0"),
+     "DOCTORJOB['JOBS']['issue4.report']: bad 'version': must be an integer from 1 to 2147483647, got 0"),
+    ({"issue4.report": {"version": 2**40}}, "doctorjob.E015",
+     "DOCTORJOB['JOBS']['issue4.report']: bad 'version': must be an integer from 1 to 2147483647"),
     ({"issue4.report": {"paused": "yes"}}, "doctorjob.E016",
      "DOCTORJOB['JOBS']['issue4.report']: bad 'paused': must be True or False, got 'yes'"),
 ], ids=["unknown-job", "unknown-key", "not-a-dict", "bad-cron", "not-cron", "bad-timezone", "payload-vs-schema",
-        "bad-version", "bad-paused"])
+        "payload-nul", "payload-not-json", "schedule-payload-vs-schema", "bad-version", "huge-version",
+        "bad-paused"])
 def test_each_bad_override_is_an_error_naming_the_job_and_the_key(jobs, check_id, message):
     with doctorjob_settings(**jobs):
         [error] = check_job_overrides()

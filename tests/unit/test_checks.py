@@ -43,14 +43,20 @@ def test_unknown_key_is_an_error_listing_the_known_keys():
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        ("LEASE", 1, "a number of seconds >= 3"),
-        ("KEEP_SUCCEEDED", "7 days", "a timedelta >= 0"),
-        ("KEEP_SUCCEEDED", timedelta(days=-1), "a timedelta >= 0"),
+        ("LEASE", 1, "a number of seconds from 3 to 86400"),
+        ("LEASE", float("inf"), "a number of seconds from 3 to 86400"),
+        ("LEASE", 1e12, "a number of seconds from 3 to 86400"),
+        ("KEEP_SUCCEEDED", "7 days", "a timedelta from 0 to 3650 days"),
+        ("KEEP_SUCCEEDED", timedelta(days=-1), "a timedelta from 0 to 3650 days"),
+        ("KEEP_SUCCEEDED", timedelta.max, "a timedelta from 0 to 3650 days"),
         ("REQUIRE_TRANSACTION", "yes", "True or False"),
-        ("CONCURRENCY", 0, "an integer >= 1"),
-        ("BATCH_SIZE", True, "an integer >= 1"),
-        ("POLL_INTERVAL", 0, "a number of seconds > 0"),
-        ("SHUTDOWN_TIMEOUT", -1, "a number of seconds >= 0"),
+        ("CONCURRENCY", 0, "an integer from 1 to 1000"),
+        ("BATCH_SIZE", True, "an integer from 1 to 10000"),
+        ("BATCH_SIZE", 10**20, "an integer from 1 to 10000"),
+        ("POLL_INTERVAL", 0, "a number of seconds from 0.001 to 3600"),
+        ("SHUTDOWN_TIMEOUT", -1, "a number of seconds from 0 to 86400"),
+        ("MAX_PAYLOAD_BYTES", 64 * 2**20, "an integer from 1 to 8 MiB (8388608), what every supported "
+                                          "database accepts"),
         ("BACKOFF", 5, "a dict with base, factor, cap, jitter"),
         ("LISTEN_DATABASE", "replica", "None, False or an alias in DATABASES"),
         ("PREPARE", "yes", "None, True or False"),
@@ -68,6 +74,7 @@ def test_value_of_the_wrong_kind_is_an_error_naming_the_key_and_the_rule(key, va
         ({"base": -1}, "backoff base must be a number >= 0, got -1"),
         ({"factor": 0.5}, "backoff factor must be >= 1"),
         ({"bass": 1}, r"unknown backoff key(s) ['bass']"),
+        ({"base": 1e12, "cap": 1e12}, "backoff base must be at most a year (3.1536e+07 seconds), got 1000000000000.0"),
     ],
 )
 def test_bad_backoff_is_an_error_saying_what_is_wrong(backoff, problem):

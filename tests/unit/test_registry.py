@@ -65,9 +65,9 @@ def test_two_functions_under_one_name_are_refused():
     [
         ({"queue": ""}, "a queue name is 1 to 100 letters"),
         ({"queue": 5}, "a queue name is 1 to 100 letters"),
-        ({"max_attempts": 0}, "max_attempts must be an integer >= 1"),
-        ({"max_attempts": True}, "max_attempts must be an integer >= 1"),
-        ({"max_attempts": 2.5}, "max_attempts must be an integer >= 1"),
+        ({"max_attempts": 0}, "max_attempts must be an integer from 1 to 2147483647"),
+        ({"max_attempts": True}, "max_attempts must be an integer from 1 to 2147483647"),
+        ({"max_attempts": 2.5}, "max_attempts must be an integer from 1 to 2147483647"),
         ({"priority": "high"}, "priority must be an integer"),
         ({"schema": {"type": "no-such-type"}}, "schema is not a valid JSON Schema"),
         ({"backoff": {"base": -1}}, "backoff: backoff base must be a number >= 0"),
@@ -147,3 +147,14 @@ def test_payload_matching_the_schema_passes():
 
 def test_job_without_schema_accepts_any_payload():
     JobType("unit.free", handler).validate({"anything": [1, "two"]})
+
+
+def test_a_schedule_whose_ticks_would_fail_the_schema_is_refused_at_import_time():
+    from django.core.exceptions import ImproperlyConfigured
+
+    from doctorjob import job
+
+    schema = {"type": "object", "required": ["client_id"]}
+    with pytest.raises(ImproperlyConfigured, match=r"@job schedule's payload \(\{\}, as none is given\): payload "
+                                                   r"does not match the schema"):
+        job("unit.scheduled_without_payload", schedule="0 3 * * *", schema=schema)(lambda payload, ctx: None)

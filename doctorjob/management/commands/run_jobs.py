@@ -4,22 +4,30 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from doctorjob.conf import settings
+from doctorjob.conf import LIMITS, settings
 from doctorjob.registry import QUEUE_NAME, QUEUE_RULE
 from doctorjob.supervisor import run_processes, stop_on_signals
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def whole(minimum: int = 1, maximum: int = 2**31 - 1):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:,}, got {text}")
+        return value
+
+    return parse
 
 
-def seconds(minimum: float):
+positive_int = whole()
+
+
+def seconds(minimum: float, maximum: float = 86_400.0):
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -27,9 +35,17 @@ def seconds(minimum: float):
             raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
         if not value >= minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum:g} seconds, got {text}")
+        if not value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:g} seconds, got {text}")
         return value
 
     return parse
+
+
+def limited(name: str):
+    """The option type for the worker number ``name`` of conf.LIMITS."""
+    low, high = LIMITS[name]
+    return whole(int(low), int(high)) if isinstance(low, int) else seconds(low, high)
 
 
 def queue_list(text: str) -> list[str]:
@@ -47,22 +63,22 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--queues", type=queue_list, help="Comma-separated queues to take jobs "
                             "from (default: every queue).")
-        parser.add_argument("--concurrency", type=positive_int, help="Handler threads "
+        parser.add_argument("--concurrency", type=limited("CONCURRENCY"), help="Handler threads "
                             f"(default {settings.CONCURRENCY}).")
-        parser.add_argument("--batch-size", type=positive_int, help="Jobs claimed per query "
+        parser.add_argument("--batch-size", type=limited("BATCH_SIZE"), help="Jobs claimed per query "
                             f"(default {settings.BATCH_SIZE}).")
         parser.add_argument("--burst", action="store_true", help="Exit 0 once no job is runnable now.")
-        parser.add_argument("--max-jobs", type=positive_int, help="Stop claiming after N jobs, let them "
+        parser.add_argument("--max-jobs", type=limited("MAX_JOBS"), help="Stop claiming after N jobs, let them "
                             "finish and exit 0.")
-        parser.add_argument("--poll-interval", type=seconds(0.001), help="Seconds between polls when "
+        parser.add_argument("--poll-interval", type=limited("POLL_INTERVAL"), help="Seconds between polls when "
                             f"idle (default {settings.POLL_INTERVAL}); NOTIFY wakes it sooner on PostgreSQL.")
-        parser.add_argument("--lease", type=seconds(3), help="Lease length in seconds, at least 3 "
+        parser.add_argument("--lease", type=limited("LEASE"), help="Lease length in seconds, 3 to 86400 "
                             f"(default {settings.LEASE}); renewed every third of it.")
-        parser.add_argument("--shutdown-timeout", type=seconds(0), help="Seconds running jobs get to "
+        parser.add_argument("--shutdown-timeout", type=limited("SHUTDOWN_TIMEOUT"), help="Seconds running jobs get to "
                             f"finish on SIGTERM (default {settings.SHUTDOWN_TIMEOUT}).")
         parser.add_argument("--database", default=None, help="Database alias (default: the router's "
                             "choice for doctorjob's Job model).")
-        parser.add_argument("--processes", type=positive_int, default=1, help="Worker processes to run, "
+        parser.add_argument("--processes", type=limited("PROCESSES"), default=1, help="Worker processes to run, "
                             "each with these options (default 1); for CPU-bound handlers.")
 
     def handle(self, *args, **options):
@@ -88,8 +104,13 @@ class Command(BaseCommand):
         if worker.alias not in connections:
             raise CommandError(f"unknown database alias {worker.alias!r}")
 
+        from doctorjob.exceptions import NotMigrated
+
         with stop_on_signals(worker):
-            worker.run()
+            try:
+                worker.run()
+            except NotMigrated as exc:
+                raise CommandError(str(exc)) from exc
 
     @staticmethod
     def _child_argv(options: dict) -> list[str]:
