@@ -25,6 +25,7 @@ _RULES = {
     "LEASE": (lambda v: not out_of_range("LEASE", v), "a number of seconds from 3 to 86400"),
     "SHUTDOWN_TIMEOUT": (lambda v: not out_of_range("SHUTDOWN_TIMEOUT", v), "a number of seconds from 0 to 86400"),
     "JOBS": (lambda v: isinstance(v, dict), "a dict of job name -> overrides"),
+    "TIMEOUT": (lambda v: v is None or not out_of_range("TIMEOUT", v), "None or a number of seconds from 0.1 to 604800"),
     "MAX_PAYLOAD_BYTES": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8 * 2**20,
                           "an integer from 1 to 8 MiB (8388608), what every supported database accepts"),
 }

@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 1.0,
     "LEASE": 30.0,
     "SHUTDOWN_TIMEOUT": 30.0,
+    # Seconds an attempt may run before it fails as timed out (and is retried); None: no limit.
+    # @job(timeout=...) overrides it per job.
+    "TIMEOUT": None,
     # Per-job overrides by operations (schedule, payload, version, paused), see README.
     "JOBS": {},
 }
@@ -48,6 +51,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "SHUTDOWN_TIMEOUT": (0.0, 86_400.0),
     "MAX_JOBS": (1, 2**31 - 1),
     "PROCESSES": (1, 64),
+    "TIMEOUT": (0.1, 7 * 86_400.0),
 }
 # The longest retention a setting may ask for.
 MAX_KEEP_SUCCEEDED = timedelta(days=3650)

@@ -38,6 +38,7 @@ class JobType:
     singleton: bool = False
     on_overlap: str = "wait"
     concurrency_key: Callable[[Any], Any] | None = field(default=None, compare=False)
+    timeout: float | None = None
 
     @property
     def options(self) -> dict[str, Any]:
@@ -46,6 +47,7 @@ class JobType:
             "queue": self.queue, "max_attempts": self.max_attempts, "priority": self.priority,
             "atomic": self.atomic, "schema": self.schema, "singleton": self.singleton,
             "on_overlap": self.on_overlap, "concurrency_key": self.concurrency_key is not None,
+            **({"timeout": self.timeout} if self.timeout is not None else {}),
         }
 
     def key_for(self, payload: Any) -> str | None:
@@ -119,6 +121,7 @@ def job(
     singleton: bool = False,
     on_overlap: str = "wait",
     concurrency_key: Callable[[Any], Any] | None = None,
+    timeout: float | None = None,
 ) -> Any:
     """Register ``handler(payload, ctx)`` as a job; ``name`` defaults to its dotted path.
 
@@ -160,6 +163,11 @@ def job(
         raise ImproperlyConfigured(f"@job min_version ({min_version}) is above version ({version})")
     if on_overlap not in ("wait", "skip"):
         raise ImproperlyConfigured(f"@job on_overlap must be 'wait' or 'skip', got {on_overlap!r}")
+    if timeout is not None:
+        from .conf import out_of_range
+
+        if problem := out_of_range("TIMEOUT", timeout):
+            raise ImproperlyConfigured(f"@job timeout {problem}")
     if concurrency_key is not None and not callable(concurrency_key):
         raise ImproperlyConfigured("@job concurrency_key must be a function of the payload")
     if schedule:
@@ -175,7 +183,7 @@ def job(
         job_type = JobType(
             job_name, func, queue, max_attempts, priority, backoff, atomic, schema, version,
             1 if min_version is None else min_version, schedule or "", payload, singleton,
-            on_overlap, concurrency_key,
+            on_overlap, concurrency_key, timeout,
         )
         if payload is not None or schedule:  # every tick carries it ({} when none is given)
             try:

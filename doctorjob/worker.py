@@ -93,6 +93,12 @@ class Worker:
         self._min_version: dict[str, int] = {}
         self._skip_on_overlap: list[str] = []
         self._low_water = max(self.batch_size // 2, self.concurrency)
+        # Handler threads running a job that has a timeout: (job, deadline, timeout). A thread
+        # whose job timed out is abandoned (Python cannot stop it) and replaced by a new one.
+        self._running: dict[threading.Thread, tuple[Job, float, float]] = {}
+        self._abandoned: set[threading.Thread] = set()
+        self._handlers = 0
+        self.recycle = False  # too many handler threads stuck in timed-out jobs: exit for a fresh process
         self.maintenance = Maintenance(self.alias, self.id, self.lease, self._stopping, self._finished)
 
     # -- control ------------------------------------------------------------------------------
@@ -126,10 +132,8 @@ class Worker:
                 self._pause_after_database_error(exc, failures)
                 if self._stopping.is_set():
                     return
-        threads = [threading.Thread(target=self._handler_thread, name=f"doctorjob-{i}", daemon=True)
-                   for i in range(self.concurrency)]
-        for thread in threads:
-            thread.start()
+        for _ in range(self.concurrency):
+            self._start_handler_thread()
         self.maintenance.start()
         wakeup = self._start_listener()
         logger.info(
@@ -141,7 +145,7 @@ class Worker:
             self._loop()
         finally:
             self._shutdown()
-            for _ in threads:
+            for _ in range(self.concurrency):
                 self._todo.put(None)
             self.maintenance.join(self.shutdown_timeout + 10)
             try:
@@ -187,6 +191,7 @@ class Worker:
             self._wake.clear()
             polling = woken or time.monotonic() >= next_poll
             try:
+                self._time_out()
                 self._record()
                 self._renew()
                 picked, full = self._claim() if polling else (0, False)
@@ -236,7 +241,8 @@ class Worker:
 
     def _wait_time(self, next_poll: float) -> float:
         now = time.monotonic()
-        wait = min(next_poll, *self._due.values()) - now
+        deadlines = [deadline for _, deadline, _ in list(self._running.values())]  # handler threads change it
+        wait = min(next_poll, *self._due.values(), *deadlines) - now
         if self._in_flight:
             wait = min(wait, RECORD_EVERY)  # outcomes of running jobs are saved within this
         return max(0.0, wait)
@@ -340,6 +346,7 @@ class Worker:
                 if not_started:
                     self._release(not_started)
                     not_started = []
+                self._time_out()
                 self._record()
                 running = list(self._in_flight.values())
                 if not running:
@@ -365,6 +372,35 @@ class Worker:
 
     # -- handler threads ------------------------------------------------------------------------
 
+    def _start_handler_thread(self) -> None:
+        self._handlers += 1
+        threading.Thread(target=self._handler_thread, name=f"doctorjob-{self._handlers}", daemon=True).start()
+
+    def _time_out(self) -> None:
+        """Fail the attempts that ran past their timeout: each is recorded as failed ("timed out
+        after N s") and retried with backoff, its thread abandoned and replaced, so the worker
+        keeps its concurrency. When more threads are stuck than it has, it stops claiming and
+        exits once the rest is done, for its supervisor to start a fresh process."""
+        if not self._running:
+            return
+        now = time.monotonic()
+        for thread, (job, deadline, timeout) in list(self._running.items()):
+            if now < deadline or self._running.get(thread, (None,))[0] is not job:
+                continue
+            del self._running[thread]
+            self._abandoned.add(thread)
+            logger.warning("timed out job_id=%s name=%s attempt=%s after %gs; its thread is abandoned",
+                           job.id, job.name, job.attempts, timeout)
+            self._unrecorded.append(self._failed(job, self._retry_or_dead(job), f"timed out after {timeout:g} s"))
+            self._abandoned = {t for t in self._abandoned if t.is_alive()}
+            if len(self._abandoned) > self.concurrency and not self.recycle:
+                logger.error("%s handler threads are stuck in timed-out jobs (concurrency %s): finishing the "
+                             "rest, then exiting for a fresh process", len(self._abandoned), self.concurrency)
+                self.recycle = True
+                self.stop()
+            if not self._stopping.is_set():
+                self._start_handler_thread()
+
     def _handler_thread(self) -> None:
         # This thread's connection objects, made once (unconnected until a handler uses one):
         # looking them up through `connections` after every job costs more than a no-op job.
@@ -387,6 +423,11 @@ class Worker:
                 logger.exception("worker error while running job_id=%s name=%s", job.id, job.name)
                 outcome = self._failed(job, self._retry_or_dead(job), f"worker error: {_describe(exc)}",
                                        _traceback(exc))
+            finally:
+                self._running.pop(threading.current_thread(), None)
+            if threading.current_thread() in self._abandoned:  # timed out: recorded, and replaced
+                connections.close_all()
+                return
             _tidy_connections(own)
             self._done.put(outcome)
             # Wake the main thread only when it has work: claiming more (the queue of waiting
@@ -414,10 +455,18 @@ class Worker:
                          job.created_at, self.id)
         set_current_job(ctx, job.version)
         send_robust(job_started, job=job)
+        timeout = job_type.timeout or settings.TIMEOUT
+        if timeout:
+            self._running[threading.current_thread()] = (job, time.monotonic() + timeout, timeout)
         try:
             if job_type.atomic:
                 # The handler's writes and the success mark commit together or not at all.
                 with transaction.atomic(using=self.alias):
+                    if timeout and connections[self.alias].vendor == "postgresql":
+                        # Past the timeout, the database cancels the handler's statements too.
+                        with connections[self.alias].cursor() as cursor:
+                            cursor.execute("SELECT set_config('statement_timeout', %s, true)",
+                                           [str(int(timeout * 1000))])
                     result = _jsonable(job_type.call(job.payload, ctx), ctx)
                     done = Finish(job, SUCCEEDED, result, duration=time.monotonic() - started, worker=self.id)
                     if not leases.finish(self.alias, [done]):

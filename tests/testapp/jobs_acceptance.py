@@ -31,3 +31,24 @@ def per_attempt(payload, ctx):
         raise RuntimeError(f"attempt {ctx.attempt} fails as told")
     Run.objects.create(job_id=ctx.job_id * 100 + ctx.attempt, pid=os.getpid())
     return {"attempt": ctx.attempt}
+
+
+@job("tests.acceptance.hangs", timeout=1, max_attempts=2, backoff={"base": 0, "jitter": 0})
+def hangs(payload, ctx):
+    """Say it started (``started.N`` for attempt N), then hang well past its 1-second timeout."""
+    (Path(payload["dir"]) / f"started.{ctx.attempt}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + payload.get("seconds", 30)
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "finished, too late"
+
+
+@job("tests.acceptance.hangs_in_the_database", timeout=1, atomic=True, max_attempts=2,
+     backoff={"base": 0, "jitter": 0})
+def hangs_in_the_database(payload, ctx):
+    """An atomic job whose statement outlasts its timeout: the database cancels it (PostgreSQL)."""
+    from django.db import connection
+
+    Run.objects.create(job_id=ctx.job_id * 100 + ctx.attempt, pid=os.getpid())
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(30)")

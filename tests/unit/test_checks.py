@@ -55,6 +55,8 @@ def test_unknown_key_is_an_error_listing_the_known_keys():
         ("BATCH_SIZE", 10**20, "an integer from 1 to 10000"),
         ("POLL_INTERVAL", 0, "a number of seconds from 0.001 to 3600"),
         ("SHUTDOWN_TIMEOUT", -1, "a number of seconds from 0 to 86400"),
+        ("TIMEOUT", 0, "None or a number of seconds from 0.1 to 604800"),
+        ("TIMEOUT", float("inf"), "None or a number of seconds from 0.1 to 604800"),
         ("MAX_PAYLOAD_BYTES", 64 * 2**20, "an integer from 1 to 8 MiB (8388608), what every supported "
                                           "database accepts"),
         ("BACKOFF", 5, "a dict with base, factor, cap, jitter"),

@@ -65,6 +65,8 @@ def test_two_functions_under_one_name_are_refused():
     [
         ({"queue": ""}, "a queue name is 1 to 100 letters"),
         ({"queue": 5}, "a queue name is 1 to 100 letters"),
+        ({"timeout": 0}, "timeout must be a number from 0.1 to 604800, got 0"),
+        ({"timeout": "1m"}, "timeout must be a number from 0.1 to 604800, got '1m'"),
         ({"max_attempts": 0}, "max_attempts must be an integer from 1 to 2147483647"),
         ({"max_attempts": True}, "max_attempts must be an integer from 1 to 2147483647"),
         ({"max_attempts": 2.5}, "max_attempts must be an integer from 1 to 2147483647"),

@@ -111,6 +111,8 @@ class Command(BaseCommand):
                 worker.run()
             except NotMigrated as exc:
                 raise CommandError(str(exc)) from exc
+        if worker.recycle:  # stuck threads: a fresh process is needed, as a supervisor would start
+            raise SystemExit(3)
 
     @staticmethod
     def _child_argv(options: dict) -> list[str]:
