@@ -16,9 +16,11 @@ from .exceptions import InvalidPayload
 # accept more, but a payload must be one every supported database takes.
 MAX_DEPTH = 32
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_JSON_SCALARS = (bool, int, type(None))  # and strings (checked), finite floats
+_JSON_SCALARS = (bool, type(None))  # and strings (checked), ints (bounded), finite floats
+# Python's JSON encoder refuses integers of more than 4,300 digits (sys.int_info's default limit).
+_MAX_INT_BITS = 14_000
 
-TYPE, NUL, SURROGATE, DEPTH = "type", "nul", "surrogate", "depth"
+TYPE, NUL, SURROGATE, DEPTH, BIG_INT = "type", "nul", "surrogate", "depth", "big-int"
 
 
 def text_problem(text: str) -> str | None:
@@ -40,6 +42,8 @@ def check_json(payload: Any, job_name: str) -> None:
         detail = f"is a {type(value).__name__} ({value!r:.60}), which is not JSON-serialisable"
     elif why == DEPTH:
         detail = f"is nested deeper than {MAX_DEPTH} levels, the most every supported database accepts"
+    elif why == BIG_INT:
+        detail = "is an integer of more than 4,000 digits, more than JSON encoding allows"
     else:
         what = "a NUL character" if why == NUL else "a lone surrogate (text that is not valid Unicode)"
         detail = f"holds {what} ({value!r:.60}), which the database cannot store"
@@ -59,6 +63,8 @@ def _first_problem(value: Any, depth: int) -> tuple[list[str], Any, str] | None:
     if isinstance(value, str):
         why = text_problem(value)
         return None if why is None else ([], value, why)
+    if isinstance(value, int):
+        return ([], value, BIG_INT) if value.bit_length() > _MAX_INT_BITS else None
     if isinstance(value, _JSON_SCALARS):
         return None
     if isinstance(value, float):

@@ -32,7 +32,7 @@ from .leases import RELEASED, Finish
 from .maintenance import Maintenance
 from .models import Job, JobDefinition
 from .models import Worker as WorkerRow
-from .payloads import DEPTH, MAX_DEPTH, NUL, SURROGATE, first_problem, storable, storable_text
+from .payloads import BIG_INT, DEPTH, MAX_DEPTH, NUL, SURROGATE, first_problem, storable, storable_text
 from .registry import registry
 from .retry import MAX_SECONDS, retry_delay
 from .signal_handlers import QuietPerJob
@@ -578,6 +578,7 @@ def _jsonable(result: Any, ctx: JobContext) -> Any:
     where, value, why = problem
     if why in (NUL, SURROGATE):
         return storable(result)
-    what = f"nested deeper than {MAX_DEPTH} levels" if why == DEPTH else f"a {type(value).__name__}, not JSON"
+    what = (f"nested deeper than {MAX_DEPTH} levels" if why == DEPTH else
+            "an integer too large for JSON" if why == BIG_INT else f"a {type(value).__name__}, not JSON")
     ctx.logger.warning("%s is %s: the result is not saved", where, what)
     return None

@@ -37,11 +37,13 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 20.0, interval: f
 
 
 def holds_for(predicate: Callable[[], Any], *, duration: float, interval: float = 0.05,
-              message: str = "condition") -> None:
+              message: str | Callable[[], str] = "condition") -> None:
     """Check ``predicate`` keeps holding for ``duration`` seconds: for what must NOT happen."""
     deadline = time.monotonic() + duration
     while time.monotonic() < deadline:
-        assert predicate(), f"{message} stopped holding"
+        if not predicate():
+            text = message() if callable(message) else message
+            raise AssertionError(f"{text} stopped holding")
         time.sleep(interval)
 
 

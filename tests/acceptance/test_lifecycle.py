@@ -69,7 +69,7 @@ def test_a_singleton_of_higher_priority_runs_before_a_backlog_of_ordinary_jobs(w
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_job_enqueued_with_the_pause_of_its_definition_or_queue_is_never_claimed(workers):
+def test_a_job_enqueued_with_the_pause_of_its_definition_or_queue_is_never_claimed(workers, tmp_path):
     definitions.sync()
     worker = workers("--poll-interval", "0.05")
     with transaction.atomic():
@@ -77,9 +77,12 @@ def test_a_job_enqueued_with_the_pause_of_its_definition_or_queue_is_never_claim
         by_name = enqueue("tests.noop")
     with transaction.atomic():
         QueueState.objects.update_or_create(name="paused-queue", defaults={"paused": True})
-        by_queue = enqueue("tests.record_run", queue="paused-queue")
+        by_queue = enqueue("tests.acceptance.touch", {"path": str(tmp_path / "touched")}, queue="paused-queue")
     holds_for(lambda: {status_of(by_name), status_of(by_queue)} == {Status.QUEUED}, duration=2,
-              message="both jobs queued while paused")
+              message=lambda: f"both jobs queued while paused: {status_of(by_name)}, {status_of(by_queue)}; "
+                              f"{list(JobDefinition.objects.filter(paused=True).values_list('name'))} "
+                              f"{list(QueueState.objects.filter(paused=True).values_list('name'))}\n"
+                              f"{worker.output()[-3000:]}")
 
     JobDefinition.objects.filter(name="tests.noop").update(paused=False)
     QueueState.objects.filter(name="paused-queue").update(paused=False)
