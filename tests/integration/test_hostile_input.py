@@ -180,3 +180,12 @@ def test_retry_and_requeue_of_the_same_dead_work_at_the_same_moment_queue_it_onc
         assert queued == 1, f"the same work queued {queued} times: {outcomes}"
         Job.objects.all().delete()
         DeadLetter.objects.all().delete()
+
+
+@pytest.mark.django_db
+def test_keys_that_differ_only_in_case_accents_or_a_trailing_space_are_different_jobs():
+    keys = ["Key", "key", "kéy", "key ", "KEY"]
+    jobs = [enqueue("tests.noop", {"i": i}, key=k) for i, k in enumerate(keys)]
+    assert len({job.pk for job in jobs}) == len(keys)
+    assert [Job.objects.get(pk=job.pk).key for job in jobs] == keys
+    assert enqueue("tests.noop", {"i": 9}, key="kéy").pk == jobs[2].pk

@@ -11,11 +11,13 @@ from django.db.migrations.executor import MigrationExecutor
 pytestmark = pytest.mark.django_db(transaction=True, available_apps=["doctorjob", "tests.testapp"])
 
 
-def migrate(target: str):
+def migrate(target: str | None):
+    """Migrate doctorjob to ``target``, or to its latest migration; the models as they were then."""
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
-    executor.migrate([("doctorjob", target)])
-    return executor.loader.project_state([("doctorjob", target)]).apps
+    targets = [("doctorjob", target)] if target else executor.loader.graph.leaf_nodes("doctorjob")
+    executor.migrate(targets)
+    return executor.loader.project_state(targets).apps
 
 
 def test_the_upgrade_records_each_schedules_last_tick_from_its_jobs_or_the_latest_due_tick():
@@ -28,7 +30,7 @@ def test_the_upgrade_records_each_schedules_last_tick_from_its_jobs_or_the_lates
         Job.objects.create(name="up.with_job", key="schedule:up.with_job:2024-01-01T10:00:00+00:00")
         Job.objects.create(name="up.with_job", key="schedule:up.with_job:2024-01-01T11:00:00+00:00")
     finally:
-        new = migrate("0004_lifecycle")
+        new = migrate(None)
     ticks = dict(new.get_model("doctorjob", "JobDefinition").objects.values_list("name", "last_tick"))
     assert ticks["up.with_job"] == datetime(2024, 1, 1, 11, tzinfo=timezone.utc)
     now = datetime.now(timezone.utc)
