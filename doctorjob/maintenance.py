@@ -126,7 +126,18 @@ def prune_succeeded(alias: str, keep: timedelta, batch: int = PRUNE_BATCH,
 
 
 def _prune_portable(alias: str, cutoff: datetime, batch: int) -> int:
-    """SQLite and MySQL/MariaDB: what _PRUNE does, in three statements of one transaction."""
+    """SQLite and MySQL/MariaDB: what _PRUNE does, in three statements."""
+    if connections[alias].vendor == "sqlite":
+        # Each statement on its own: a transaction that reads and then writes fails at once with
+        # "database is locked" when another connection writes meanwhile (SQLite cannot upgrade
+        # its lock). The three select the same jobs: a succeeded job never changes again, and
+        # none finishes before the cutoff.
+        doomed = (Job.objects.using(alias).filter(status=Status.SUCCEEDED, finished_at__lt=cutoff)
+                  .order_by("finished_at", "id").values("id")[:batch])
+        JobExecution.objects.using(alias).filter(job_id__in=doomed)._raw_delete(alias)
+        DeadLetter.objects.using(alias).filter(job_id__in=doomed).update(job_id=None)
+        DeadLetter.objects.using(alias).filter(requeued_job_id__in=doomed).update(requeued_job_id=None)
+        return Job.objects.using(alias).filter(id__in=doomed)._raw_delete(alias)
     with transaction.atomic(using=alias):
         ids = list(Job.objects.using(alias).filter(status=Status.SUCCEEDED, finished_at__lt=cutoff)
                    .order_by("finished_at").values_list("id", flat=True)[:batch])
@@ -253,19 +264,20 @@ class Maintenance:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        failures, first = 0, True
+        failures, first_tries = 0, 3
         try:
-            while first or not self.stopping.is_set():  # once at least: a burst worker prunes too
-                first = False
+            # One round at least, even if the worker stops at once: a burst worker prunes too.
+            while first_tries or not self.stopping.is_set():
                 try:
                     self.run_due()
-                    failures = 0
+                    failures, first_tries = 0, 0
                 except DatabaseError as exc:
-                    failures += 1
-                    logger.warning("maintenance: database error, retrying in %.1fs: %s",
-                                   min(0.5 * 2 ** (failures - 1), 10.0), exc)
+                    failures, first_tries = failures + 1, max(first_tries - 1, 0)
+                    pause = min(0.5 * 2 ** (failures - 1), 10.0)
+                    logger.warning("maintenance: database error, retrying in %.1fs: %s", pause, exc)
                     _close(self.alias)
-                    self.stopping.wait(min(0.5 * 2 ** (failures - 1), 10.0))
+                    if self.stopping.wait(pause):
+                        time.sleep(0.1)  # stopping: a short pause before the last tries
                     continue
                 self.stopping.wait(max(0.0, self.next_due() - time.monotonic()))
             if self.leader:
