@@ -117,16 +117,22 @@ def not_migrated(alias: str) -> str:
             f"(with --database {alias} if it is not the default)")
 
 
-def settings_use_tz() -> bool:
-    from django.conf import settings as django_settings
+def close_quietly(alias: str) -> None:
+    """Close this thread's connection to ``alias`` after a database error, whatever state it is
+    in: the next query reconnects."""
+    from django.db import DatabaseError, connections
 
-    return bool(django_settings.USE_TZ)
+    try:
+        connections[alias].close()
+    except DatabaseError:
+        pass
 
 
 def database_now(connection) -> datetime:
     """The database server's time, the one clock every worker and host compares against (due
     times, leases, retention), so that a host whose own clock drifts decides nothing early or
     late. SQLite is a file on one host: its clock is that host's."""
+    from django.conf import settings as django_settings
     from django.utils import timezone
 
     if connection.vendor == "sqlite":
@@ -138,4 +144,4 @@ def database_now(connection) -> datetime:
     if timezone.is_naive(now):
         now = now.replace(tzinfo=dt_timezone.utc)
     # As timezone.now() gives it: aware in UTC with USE_TZ, naive local time without.
-    return now if settings_use_tz() else timezone.make_naive(now)
+    return now if django_settings.USE_TZ else timezone.make_naive(now)

@@ -27,7 +27,6 @@ from .signals import DEAD, RETRYING, SKIPPED, SUCCEEDED
 
 WORKER_LOST = "worker lost: its lease expired before the job finished"
 RELEASED = "released"  # returned to the queue at shutdown, the attempt not counted
-OUTCOMES = (SUCCEEDED, RETRYING, DEAD, SKIPPED, RELEASED)
 _CLAIM_RETRIES = 3
 
 _FIELDS = ("id", "name", "queue", "payload", "attempts", "max_attempts", "priority", "key", "created_at",

@@ -24,7 +24,7 @@ from django.db.models import Q
 
 from . import leases, schedule
 from .conf import settings
-from .db import database_now, execute
+from .db import close_quietly, database_now, execute
 from .models import DeadLetter, Job, JobDefinition, JobExecution, MaintenanceLease, QueueState, Status, Worker
 from .outbox import enqueue
 from .registry import registry
@@ -275,7 +275,7 @@ class Maintenance:
                     failures, first_tries = failures + 1, max(first_tries - 1, 0)
                     pause = min(0.5 * 2 ** (failures - 1), 10.0)
                     logger.warning("maintenance: database error, retrying in %.1fs: %s", pause, exc)
-                    _close(self.alias)
+                    close_quietly(self.alias)
                     if self.stopping.wait(pause):
                         time.sleep(0.1)  # stopping: a short pause before the last tries
                     continue
@@ -288,8 +288,3 @@ class Maintenance:
             connections.close_all()  # this thread's connections
 
 
-def _close(alias: str) -> None:
-    try:
-        connections[alias].close()
-    except DatabaseError:
-        pass

@@ -26,7 +26,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from . import definitions, leases
 from .conf import out_of_range, settings
 from .context import JobContext, install_log_record_factory, set_current_job
-from .db import behind_pooler, database_now, not_migrated
+from .db import behind_pooler, close_quietly, database_now, not_migrated
 from .exceptions import InvalidPayload, LeaseLost, NotMigrated, PermanentError
 from .leases import RELEASED, Finish
 from .maintenance import Maintenance
@@ -167,7 +167,7 @@ class Worker:
             logger.info("definition %s", change)
         for problem in definitions.unversioned_changes(self.alias):
             logger.warning("%s: increment its version (doctorjob.W001)", problem)
-        now = database_now(connections[self.alias])
+        now = database_now(connection)
         WorkerRow.objects.using(self.alias).update_or_create(name=self.id, defaults=dict(
             host=socket.gethostname(), pid=os.getpid(), queues=",".join(self.queues or []),
             concurrency=self.concurrency, lease=self.lease, started_at=now, last_heartbeat=now,
@@ -215,7 +215,7 @@ class Worker:
     def _pause_after_database_error(self, exc: Exception, failures: int) -> None:
         pause = min(0.5 * 2 ** (failures - 1), 10.0)
         logger.warning("database unavailable, retrying in %.1fs: %s", pause, exc)
-        self._reset_connection()
+        close_quietly(self.alias)
         self._stopping.wait(pause)
 
     def _claim(self) -> tuple[int, bool]:
@@ -320,12 +320,6 @@ class Worker:
             self._refresh_definitions()
             self._due["refresh"] = now + REFRESH_EVERY
 
-    def _reset_connection(self) -> None:
-        try:
-            connections[self.alias].close()
-        except DatabaseError:
-            pass
-
     # -- shutdown -----------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
@@ -358,7 +352,7 @@ class Worker:
                 self._renew()
             except (OperationalError, InterfaceError) as exc:
                 logger.warning("database unavailable during shutdown: %s", exc)
-                self._reset_connection()
+                close_quietly(self.alias)
                 if time.monotonic() >= deadline:
                     return  # leases expire and other workers rescue the jobs
             self._wake.clear()
@@ -386,7 +380,7 @@ class Worker:
         now = time.monotonic()
         for thread, (job, deadline, timeout) in list(self._running.items()):
             if now < deadline or self._running.get(thread, (None,))[0] is not job:
-                continue
+                continue  # not due, or the thread finished the job meanwhile
             del self._running[thread]
             self._abandoned.add(thread)
             logger.warning("timed out job_id=%s name=%s attempt=%s after %gs; its thread is abandoned",
@@ -404,7 +398,7 @@ class Worker:
     def _handler_thread(self) -> None:
         # This thread's connection objects, made once (unconnected until a handler uses one):
         # looking them up through `connections` after every job costs more than a no-op job.
-        own = []
+        me, own = threading.current_thread(), []
         for alias in connections:
             try:
                 own.append(connections[alias])
@@ -418,14 +412,14 @@ class Worker:
             if self._stopping.is_set() and self.shutdown_timeout == 0:
                 continue
             try:
-                outcome = self._execute(job)
+                outcome = self._execute(job, me)
             except BaseException as exc:  # noqa: BLE001 - never lose the thread, whatever went wrong
                 logger.exception("worker error while running job_id=%s name=%s", job.id, job.name)
                 outcome = self._failed(job, self._retry_or_dead(job), f"worker error: {_describe(exc)}",
                                        _traceback(exc))
             finally:
-                self._running.pop(threading.current_thread(), None)
-            if threading.current_thread() in self._abandoned:  # timed out: recorded, and replaced
+                self._running.pop(me, None)
+            if me in self._abandoned:  # timed out: recorded, and replaced
                 connections.close_all()
                 return
             _tidy_connections(own)
@@ -435,7 +429,7 @@ class Worker:
             if self._todo.qsize() <= self._low_water:
                 self._wake.set()
 
-    def _execute(self, job: Job) -> tuple[Finish, str]:
+    def _execute(self, job: Job, thread: threading.Thread) -> tuple[Finish, str]:
         """Run one job's handler and say what to record: succeeded, retrying (with the backoff's
         delay), dead or skipped."""
         started = time.monotonic()
@@ -457,7 +451,7 @@ class Worker:
         send_robust(job_started, job=job)
         timeout = job_type.timeout or settings.TIMEOUT
         if timeout:
-            self._running[threading.current_thread()] = (job, time.monotonic() + timeout, timeout)
+            self._running[thread] = (job, time.monotonic() + timeout, timeout)
         try:
             if job_type.atomic:
                 # The handler's writes and the success mark commit together or not at all.
