@@ -4,6 +4,7 @@ caller's data or not at all."""
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -11,7 +12,7 @@ from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connections, router, transaction
 from django.utils import timezone
 
 from .conf import settings
@@ -296,18 +297,48 @@ def _refuse_size(row: Job, payload: str) -> None:
 def _write_portable(rows: list[Job], alias: str) -> list[Job]:
     """SQLite and MySQL: plain ORM inserts; a duplicate key is caught in a savepoint."""
     _check_sizes(rows)
+    jobs = Job.objects.using(alias)
     keyless = [row for row in rows if row.key is None]
     if len(keyless) > 1:
-        Job.objects.using(alias).bulk_create(keyless)
+        jobs.bulk_create(keyless)
     elif keyless:
         keyless[0].save(using=alias, force_insert=True)
     result = []
     for row in rows:
         if row.key is not None:
-            try:
-                with transaction.atomic(using=alias):
-                    row.save(using=alias, force_insert=True)
-            except IntegrityError:
-                row = Job.objects.using(alias).get(key=row.key)
+            # A key this transaction can already see (committed, or enqueued by this very
+            # transaction) is found without taking any lock.
+            row = jobs.filter(key=row.key).first() or _insert_keyed(row, alias)
         result.append(row)
     return result
+
+
+def _insert_keyed(row: Job, alias: str) -> Job:
+    """Insert a keyed job, or return the job that holds its key.
+
+    On MySQL/MariaDB the insert runs under a named lock on the key. Without it, callers that
+    find the key held by an uncommitted insert each wait for a shared lock on it; if the holder
+    rolls back, they all try to upgrade to insert, and InnoDB breaks the deadlock by rolling back
+    every caller's transaction but one (error 1213). Under the named lock at most one caller waits
+    on the row, and the others wait their turn for the lock. It is held for the insert alone, so
+    one caller never holds two (no cycle among the named locks).
+    """
+    connection = connections[alias]
+    lock = None
+    if connection.vendor == "mysql":
+        # Lock names are at most 64 characters; a key is up to 255.
+        lock = "doctorjob:" + hashlib.sha1(row.key.encode()).hexdigest()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, @@innodb_lock_wait_timeout)", [lock])
+            if cursor.fetchone()[0] != 1:
+                raise OperationalError(f"lock wait timeout exceeded waiting for key {row.key!r}")
+    try:
+        with transaction.atomic(using=alias):
+            row.save(using=alias, force_insert=True)
+        return row
+    except IntegrityError:
+        return Job.objects.using(alias).get(key=row.key)
+    finally:
+        if lock:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT RELEASE_LOCK(%s)", [lock])

@@ -189,3 +189,46 @@ def test_keys_that_differ_only_in_case_accents_or_a_trailing_space_are_different
     assert len({job.pk for job in jobs}) == len(keys)
     assert [Job.objects.get(pk=job.pk).key for job in jobs] == keys
     assert enqueue("tests.noop", {"i": 9}, key="kéy").pk == jobs[2].pk
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite serialises writers: no two enqueues overlap")
+@pytest.mark.django_db(transaction=True, available_apps=["doctorjob", "tests.testapp"])
+def test_concurrent_enqueues_of_one_key_some_rolling_back_write_one_job_and_break_no_transaction():
+    """Eight callers enqueue the same key at once, each in its own transaction, and half of them
+    roll back after holding the key a moment: every caller's transaction stays usable, no
+    deadlock reaches anyone, and exactly one job is left, from a caller that committed."""
+    callers = 8
+    for round_ in range(10):
+        start = threading.Barrier(callers)
+        outcomes: list[tuple[int, str]] = []
+
+        def caller(i: int) -> None:
+            start.wait()
+            try:
+                with transaction.atomic():
+                    enqueue("tests.noop", {"caller": i}, key=f"same-{round_}")
+                    # The transaction is still usable after the enqueue, whoever won the key.
+                    assert Job.objects.filter(key=f"same-{round_}").exists()
+                    if i % 2:
+                        raise _RollBack
+                outcomes.append((i, "committed"))
+            except _RollBack:
+                outcomes.append((i, "rolled back"))
+            except Exception as exc:  # noqa: BLE001 - any error is the failure under test
+                outcomes.append((i, f"{type(exc).__name__}: {exc}"))
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        errors = [o for o in outcomes if o[1] not in ("committed", "rolled back")]
+        assert not errors, f"round {round_}: {errors}"
+        rows = list(Job.objects.filter(key=f"same-{round_}").values_list("payload", flat=True))
+        assert len(rows) == 1 and rows[0]["caller"] % 2 == 0, rows
+
+
+class _RollBack(Exception):
+    pass
