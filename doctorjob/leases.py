@@ -26,6 +26,8 @@ from .models import DeadLetter, Job, JobDefinition, JobExecution, Outcome, Queue
 from .signals import DEAD, RETRYING, SKIPPED, SUCCEEDED
 
 WORKER_LOST = "worker lost: its lease expired before the job finished"
+WORKER_DIED = ("worker lost while running this job: its process died (os._exit, a crash, or a signal such as "
+               "the OOM killer's SIGKILL)")
 RELEASED = "released"  # returned to the queue at shutdown, the attempt not counted
 _CLAIM_RETRIES = 3
 
@@ -239,7 +241,8 @@ class Finish(NamedTuple):
     ``outcome``: succeeded, retrying (queued again ``delay`` seconds from now), dead (with a dead
     letter), skipped, or released (queued again at shutdown, the attempt not counted).
     ``expired`` is the lease sweep's: only if the lease has run out, the attempt recorded lost,
-    and a job queued again keeps its place in line (its ``run_at``).
+    and a job queued again keeps its place in line (its ``run_at``). ``lost`` is the watchdog's:
+    the attempt is recorded lost (its worker died running it), and retried after the backoff.
     """
 
     job: Job
@@ -251,6 +254,7 @@ class Finish(NamedTuple):
     duration: float | None = None
     worker: str = ""
     expired: bool = False
+    lost: bool = False
 
 
 # Every outcome, for many jobs, in one statement: each job changes only if our lease still holds
@@ -259,8 +263,8 @@ class Finish(NamedTuple):
 _FINISH = """
 WITH v AS (
     SELECT * FROM unnest(%b::bigint[], %b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[],
-                         %b::float8[], %b::float8[], %b::text[], %b::bool[])
-        AS v(id, lease_id, outcome, result, error, traceback, delay, duration, worker, expired)
+                         %b::float8[], %b::float8[], %b::text[], %b::bool[], %b::bool[])
+        AS v(id, lease_id, outcome, result, error, traceback, delay, duration, worker, expired, lost)
 ), done AS (
     UPDATE doctorjob_job AS j SET
         status = CASE WHEN v.outcome IN ('retrying', 'released') THEN 'queued' ELSE v.outcome END,
@@ -279,13 +283,13 @@ WITH v AS (
     WHERE j.id = v.id AND j.lease_id = v.lease_id AND j.status = 'running'
       AND (v.expired IS NOT TRUE OR j.lease_expires_at < statement_timestamp())
     RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.attempts, j.max_attempts, j.key, j.started_at,
-              j.finished_at, j.run_at, j.error, j.traceback, v.outcome, v.duration, v.worker, v.expired,
-              v.lease_id
+              j.finished_at, j.run_at, j.error, j.traceback, v.outcome, v.duration, v.worker,
+              v.expired OR v.lost AS lost, v.lease_id
 ), history AS (
     INSERT INTO doctorjob_jobexecution (job_id, attempt, worker, started_at, finished_at, duration, outcome, error)
     SELECT id, attempts, worker, started_at, finished_at,
            coalesce(make_interval(secs => duration), finished_at - started_at),
-           CASE WHEN expired THEN 'lost' WHEN outcome IN ('succeeded', 'skipped') THEN outcome ELSE 'failed' END,
+           CASE WHEN lost THEN 'lost' WHEN outcome IN ('succeeded', 'skipped') THEN outcome ELSE 'failed' END,
            error
     FROM done WHERE outcome <> 'released'
 ), letters AS (
@@ -314,7 +318,7 @@ def finish(alias: str, items: Sequence[Finish]) -> list[Finish]:
     params = [[f.job.id for f in items], [f.job.lease_id for f in items], [f.outcome for f in items],
               _or_null(results), _or_null([f.error for f in items]), _or_null([f.traceback for f in items]),
               _or_null([f.delay for f in items]), [f.duration for f in items], [f.worker for f in items],
-              _or_null([f.expired for f in items])]
+              _or_null([f.expired for f in items]), _or_null([f.lost for f in items])]
     # By id and lease: a late outcome of an earlier claim of the same job is not ours.
     stored = {(row[0], row[1]): row for row in execute(connection, _FINISH, params, prepare=True)}
     ours = []
@@ -378,7 +382,7 @@ def _finish_portable(alias: str, items: Sequence[Finish]) -> list[Finish]:
             if f.outcome != RELEASED:
                 history.append(JobExecution(
                     job_id=job.id, attempt=job.attempts, worker=f.worker, started_at=job.started_at,
-                    finished_at=now, outcome=Outcome.LOST if f.expired else (
+                    finished_at=now, outcome=Outcome.LOST if f.expired or f.lost else (
                         f.outcome if f.outcome in (SUCCEEDED, SKIPPED) else Outcome.FAILED),
                     duration=timedelta(seconds=f.duration) if f.duration is not None else (
                         now - job.started_at if job.started_at else None),
@@ -407,3 +411,10 @@ def expired(alias: str, limit: int = 500) -> list[Job]:
                 .filter(status=Status.RUNNING, lease_expires_at__lt=database_now(connection))
                 .order_by("lease_expires_at").values_list(*_FIELDS, "lease_id", "worker")[:limit])
     return [_job(row[:-2], row[-2], row[-1], alias) for row in rows]
+
+
+def held_by(alias: str, worker: str) -> list[Job]:
+    """Running jobs that ``worker`` claimed, for its watchdog to finish once its process died."""
+    rows = (Job.objects.using(alias).filter(status=Status.RUNNING, worker=worker)
+            .order_by("id").values_list(*_FIELDS, "lease_id"))
+    return [_job(row[:-1], row[-1], worker, alias) for row in rows]

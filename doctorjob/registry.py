@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,18 @@ class JobType:
         from .retry import make_backoff
 
         return make_backoff(self.backoff, settings.BACKOFF)
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds before the retry of failed attempt ``attempt``, at most a year (a backoff
+        function's 1e12 s would overflow ``run_at``); at once if the user's backoff raises."""
+        from .retry import MAX_SECONDS, retry_delay
+
+        try:
+            return min(retry_delay(self.backoff_policy(), attempt), MAX_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - a user's backoff function
+            logging.getLogger("doctorjob").exception("backoff of job %s failed, retrying at once: %r",
+                                                     self.name, exc)
+            return 0.0
 
 
 _validators: dict[int, Any] = {}

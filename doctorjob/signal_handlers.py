@@ -44,3 +44,16 @@ class QuietPerJob(logging.Filter):
 def connect() -> None:
     signals.job_started.connect(log_started, dispatch_uid="doctorjob.log_started")
     signals.job_finished.connect(log_finished, dispatch_uid="doctorjob.log_finished")
+
+
+def configure_logging(verbosity: int) -> None:
+    """For run_jobs and its watchdog: show the doctorjob logger at -v 1+, unless the project's
+    LOGGING configured it."""
+    log = logging.getLogger("doctorjob")
+    if log.handlers or log.level != logging.NOTSET:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+    log.propagate = False

@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, router, transaction
@@ -34,9 +34,11 @@ from .models import Job, JobDefinition
 from .models import Worker as WorkerRow
 from .payloads import BIG_INT, DEPTH, MAX_DEPTH, NUL, SURROGATE, first_problem, storable, storable_text
 from .registry import registry
-from .retry import MAX_SECONDS, retry_delay
 from .signal_handlers import QuietPerJob
 from .signals import DEAD, RETRYING, SKIPPED, SUCCEEDED, job_finished, job_started, send_robust
+
+if TYPE_CHECKING:
+    from .watchdog import Watchdog
 
 logger = logging.getLogger("doctorjob")
 
@@ -100,6 +102,7 @@ class Worker:
         self._handlers = 0
         self.recycle = False  # too many handler threads stuck in timed-out jobs: exit for a fresh process
         self.maintenance = Maintenance(self.alias, self.id, self.lease, self._stopping, self._finished)
+        self.watchdog: Watchdog | None = None  # run_jobs forks one, and says goodbye to it (watchdog.py)
 
     # -- control ------------------------------------------------------------------------------
 
@@ -137,9 +140,9 @@ class Worker:
         self.maintenance.start()
         wakeup = self._start_listener()
         logger.info(
-            "worker started worker=%s queues=%s concurrency=%s batch_size=%s lease=%ss wakeup=%s",
+            "worker started worker=%s queues=%s concurrency=%s batch_size=%s lease=%ss wakeup=%s watchdog=%s",
             self.id, ",".join(self.queues) if self.queues else "*", self.concurrency, self.batch_size,
-            self.lease, wakeup,
+            self.lease, wakeup, f"pid {self.watchdog.pid}" if self.watchdog else "none",
         )
         try:
             self._loop()
@@ -411,6 +414,9 @@ class Worker:
                 return
             if self._stopping.is_set() and self.shutdown_timeout == 0:
                 continue
+            watchdog = self.watchdog
+            if watchdog:
+                watchdog.started(job.id)
             try:
                 outcome = self._execute(job, me)
             except BaseException as exc:  # noqa: BLE001 - never lose the thread, whatever went wrong
@@ -419,6 +425,8 @@ class Worker:
                                        _traceback(exc))
             finally:
                 self._running.pop(me, None)
+                if watchdog:
+                    watchdog.ended(job.id)
             if me in self._abandoned:  # timed out: recorded, and replaced
                 connections.close_all()
                 return
@@ -484,14 +492,8 @@ class Worker:
     def _failed(self, job: Job, outcome: str, error: str, tb: str = "", started: float | None = None
                 ) -> tuple[Finish, str]:
         duration = 0.0 if started is None else time.monotonic() - started
-        delay = 0.0
-        if outcome == RETRYING:
-            job_type = registry.get(job.name)
-            try:
-                delay = retry_delay(job_type.backoff_policy(), job.attempts) if job_type else 0.0
-            except Exception as exc:  # noqa: BLE001 - a user's backoff function
-                logger.exception("backoff of job_id=%s name=%s failed, retrying at once: %r", job.id, job.name, exc)
-            delay = min(delay, MAX_SECONDS)  # a backoff function's 1e12 s would overflow run_at
+        job_type = registry.get(job.name)
+        delay = job_type.retry_delay(job.attempts) if outcome == RETRYING and job_type else 0.0
         return Finish(job, outcome, error=error, traceback=tb, delay=delay, duration=duration, worker=self.id), TODO
 
     # -- LISTEN/NOTIFY --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ database or on files with a deadline (``wait_for``), never on a fixed sleep.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,8 +134,22 @@ class WorkerProcess:
         self.signal(signal.SIGTERM)
         return self.wait(timeout)
 
-    def kill(self) -> None:
-        """SIGKILL: the worker gets no chance to clean up."""
+    def watchdog_pid(self) -> int | None:
+        """The pid of the worker's watchdog, from its start-up line."""
+        found = re.search(r"watchdog=pid (\d+)", self.output())
+        return int(found[1]) if found else None
+
+    def kill(self, *, watchdog: bool = False) -> None:
+        """SIGKILL: the worker gets no chance to clean up, and its watchdog finishes what it held.
+        With ``watchdog``, the watchdog is killed first, as when the host goes down: the lease
+        sweep is what rescues the jobs then."""
+        pid = self.watchdog_pid() if watchdog else None
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            wait_for(lambda: not _exists(pid), timeout=10, message=f"watchdog pid={pid} to die")
         if self.alive():
             self.popen.kill()
             self.popen.wait(10)
@@ -150,7 +165,7 @@ class WorkerProcess:
                 pass
 
     def close(self) -> None:
-        self.kill()
+        self.kill(watchdog=True)  # a watchdog must not touch the database of the next test
         self._log_file.close()
 
 
@@ -229,6 +244,15 @@ def pause(worker: WorkerProcess, attempts: int = 50) -> None:
 
 def resume(worker: WorkerProcess) -> None:
     worker.signal(signal.SIGCONT)
+
+
+def _exists(pid: int) -> bool:
+    """The process runs, or is a zombie not reaped yet (a watchdog's parent is init)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def _stopped(pid: int) -> bool:

@@ -1,14 +1,16 @@
-"""A worker killed with SIGKILL loses no job: another worker's lease sweep takes it over. A
-worker that was only paused past its lease finds its job taken over and changes nothing."""
+"""A worker killed with SIGKILL loses no job. Its watchdog charges an attempt to the jobs it
+was running and returns the rest at once; when the watchdog is gone too (the host went down),
+another worker's lease sweep takes the jobs over. A worker that was only paused past its lease
+finds its job taken over and changes nothing."""
 from __future__ import annotations
 
 import pytest
 
 from doctorjob import enqueue
-from doctorjob.models import DeadLetter, Job, JobExecution, Outcome, Status
+from doctorjob.models import DeadLetter, Job, JobExecution, Outcome, Status, Worker
 from tests.testapp.models import Effect, Run
 
-from .helpers import pause, resume, status_of, wait_for, write_atomically
+from .helpers import pause, resume, status_of, statuses, wait_for, write_atomically
 
 # Short leases so that recovery takes seconds: the killed worker's lease runs out after at
 # most 3 s, and the rescuing worker sweeps at start and then every 3 s.
@@ -22,13 +24,13 @@ def read(path) -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_job_of_a_sigkilled_worker_runs_to_success_exactly_once_more(workers, tmp_path):
+def test_job_of_a_lost_host_runs_to_success_exactly_once_more(workers, tmp_path):
     started, release = tmp_path / "started", tmp_path / "release"
     job = enqueue("tests.block", {"started": str(started), "release": str(release)})
     first = workers(*WORKER)
     assert wait_for(lambda: read(started), message="the job to start") == f"{first.pid} 1"
 
-    first.kill()
+    first.kill(watchdog=True)  # the host goes down: the lease sweep rescues the job
     started.unlink()
     second = workers(*WORKER)
 
@@ -49,13 +51,13 @@ def test_job_of_a_sigkilled_worker_runs_to_success_exactly_once_more(workers, tm
 
 
 @pytest.mark.django_db(transaction=True)
-def test_job_of_a_sigkilled_worker_with_no_attempt_left_becomes_a_dead_letter(workers, tmp_path):
+def test_job_of_a_lost_host_with_no_attempt_left_becomes_a_dead_letter(workers, tmp_path):
     started = tmp_path / "started"
     job = enqueue("tests.block", {"started": str(started)}, max_attempts=1)
     first = workers(*WORKER)
     wait_for(lambda: read(started), message="the job to start")
 
-    first.kill()
+    first.kill(watchdog=True)  # the host goes down: the lease sweep rescues the job
     second = workers(*WORKER)
 
     wait_for(lambda: status_of(job) == Status.DEAD, timeout=RECOVERY,
@@ -70,7 +72,7 @@ def test_job_of_a_sigkilled_worker_with_no_attempt_left_becomes_a_dead_letter(wo
 
 
 @pytest.mark.django_db(transaction=True)
-def test_atomic_job_killed_after_its_write_leaves_exactly_one_write_once_recovered(workers, tmp_path):
+def test_atomic_job_of_a_lost_host_killed_after_its_write_leaves_exactly_one_write_once_recovered(workers, tmp_path):
     crash = tmp_path / "crash"
     job = enqueue("tests.atomic_write", {"crash_file": str(crash)})
     first = workers(*WORKER)
@@ -78,7 +80,7 @@ def test_atomic_job_killed_after_its_write_leaves_exactly_one_write_once_recover
     wait_for(lambda: read(crash), message="the handler to write and wait")
     assert not Effect.objects.filter(job_id=job.pk).exists()  # written, not committed
 
-    first.kill()
+    first.kill(watchdog=True)  # the host goes down: the lease sweep rescues the job
     assert not Effect.objects.filter(job_id=job.pk).exists()  # and never will be
     second = workers(*WORKER)
 
@@ -129,3 +131,63 @@ def test_worker_paused_past_its_lease_cannot_overwrite_the_attempt_that_replaced
     assert list(Run.objects.values_list("job_id", flat=True)) == [job.pk * 100 + 2]
     assert f"succeeded job_id={job.pk} name=tests.acceptance.per_attempt attempt=1" not in first.output()
     assert [first.stop(), second.stop()] == [0, 0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_that_kills_its_worker_alone_pays_for_it_and_is_dead_lettered_after_its_attempts(workers, tmp_path):
+    """One job ends its worker's process every time it runs, in a batch of ten innocent jobs
+    that the one handler thread had not started: each crash costs an attempt to the killer
+    alone, the others come back at once with their attempts unchanged, and after its three
+    attempts the killer is dead-lettered, saying the worker was lost while running it."""
+    killer = enqueue("tests.acceptance.kills_its_worker", {"dir": str(tmp_path)}, priority=10)
+    innocents = [enqueue("tests.acceptance.touch", {"path": str(tmp_path / f"innocent.{i}")}, max_attempts=1)
+                 for i in range(10)]
+    # A lease far longer than the test: what comes back, comes back without waiting for it.
+    options = ("--concurrency", "1", "--batch-size", "20", "--lease", "300", "--poll-interval", "0.1")
+    for attempt in (1, 2, 3):
+        worker = workers(*options)
+        assert worker.wait(timeout=30) == 70, worker.output()
+        assert read(tmp_path / f"started.{attempt}") == str(worker.pid)
+        wait_for(lambda: not Job.objects.filter(status=Status.RUNNING).exists(),
+                 message=lambda: f"the dead worker's jobs to come back: {statuses()}\n{worker.output()}")
+        stored = Job.objects.get(pk=killer.pk)
+        assert stored.attempts == attempt and stored.error.startswith("worker lost while running"), stored.error
+        assert set(Job.objects.filter(pk__in=[j.pk for j in innocents]).values_list("status", "attempts")) == {
+            (Status.QUEUED, 0)}
+    assert status_of(killer) == Status.DEAD
+    letter = DeadLetter.objects.get(job_id=killer.pk)
+    assert letter.attempts == 3 and letter.error.startswith("worker lost while running"), letter.error
+    assert list(JobExecution.objects.filter(job_id=killer.pk).values_list("attempt", "outcome")) == [
+        (1, Outcome.LOST), (2, Outcome.LOST), (3, Outcome.LOST)]
+
+    last = workers(*options, "--burst")
+    assert last.wait(timeout=30) == 0, last.output()
+    assert set(Job.objects.filter(pk__in=[j.pk for j in innocents]).values_list("status", "attempts")) == {
+        (Status.SUCCEEDED, 1)}
+    assert JobExecution.objects.filter(job_id__in=[j.pk for j in innocents]).count() == 10
+    assert not (tmp_path / "started.4").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sigkilled_worker_costs_an_attempt_to_its_running_job_alone_and_returns_the_rest_at_once(
+        workers, tmp_path):
+    """SIGKILL from outside (the OOM killer): the watchdog finishes the running job as lost,
+    and returns the jobs the worker had claimed but not started, long before any lease ran out."""
+    started = tmp_path / "started"
+    running = enqueue("tests.block", {"started": str(started)}, priority=10, max_attempts=2)
+    waiting = [enqueue("tests.noop", {"i": i}, max_attempts=1) for i in range(5)]
+    first = workers("--concurrency", "1", "--lease", "300", "--poll-interval", "0.1")
+    wait_for(lambda: read(started), message="the job to start")
+    assert set(Job.objects.values_list("status", flat=True)) == {Status.RUNNING}  # all six claimed
+
+    first.kill()
+    wait_for(lambda: not Job.objects.filter(status=Status.RUNNING).exists(),
+             message=lambda: f"the watchdog to return the jobs: {statuses()}\n{first.output()}")
+    job = Job.objects.get(pk=running.pk)
+    assert (job.status, job.attempts, job.lease_id) == (Status.QUEUED, 1, None)
+    assert job.error.startswith("worker lost while running this job")
+    assert list(JobExecution.objects.values_list("job_id", "attempt", "outcome")) == [(job.pk, 1, Outcome.LOST)]
+    assert set(Job.objects.filter(pk__in=[j.pk for j in waiting]).values_list("status", "attempts", "error")) == {
+        (Status.QUEUED, 0, "")}
+    assert "charged an attempt" in first.output()
+    assert Worker.objects.get(pid=first.pid).lost

@@ -139,7 +139,7 @@ def test_a_singleton_held_by_a_sigkilled_worker_is_free_again_once_its_lease_exp
             assert cursor.fetchone() == (0,)
     assert status_of(waiting) == Status.QUEUED
 
-    first.kill()
+    first.kill(watchdog=True)  # the host goes down: the key is freed when the lease runs out
     release.touch()  # the next attempt of `held` returns at once
     second = workers(*options)
 

@@ -52,3 +52,28 @@ def hangs_in_the_database(payload, ctx):
     Run.objects.create(job_id=ctx.job_id * 100 + ctx.attempt, pid=os.getpid())
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_sleep(30)")
+
+
+@job("tests.acceptance.kills_its_worker", max_attempts=3, backoff={"base": 0, "jitter": 0})
+def kills_its_worker(payload, ctx):
+    """Say it started (``started.N`` for attempt N), then end the whole worker process at once,
+    as a segfault, ``os._exit`` in a library or the OOM killer would."""
+    (Path(payload["dir"]) / f"started.{ctx.attempt}").write_text(str(os.getpid()))
+    os._exit(70)
+
+
+@job("tests.acceptance.storm_atomic", atomic=True, max_attempts=25, backoff={"base": 0, "jitter": 0})
+def storm_atomic(payload, ctx):
+    """An Effect row in the job's own transaction: it commits with the success mark or not at all."""
+    from .models import Effect
+
+    Effect.objects.create(job_id=ctx.job_id)
+    time.sleep(payload["ms"] / 1000)
+
+
+@job("tests.acceptance.storm_plain", max_attempts=25, backoff={"base": 0, "jitter": 0})
+def storm_plain(payload, ctx):
+    """Work outside any transaction, then a line in a file: each line is a run that got that far."""
+    time.sleep(payload["ms"] / 1000)
+    with open(payload["runs"], "a") as runs:
+        runs.write(f"{ctx.job_id}\n")

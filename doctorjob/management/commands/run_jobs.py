@@ -1,10 +1,10 @@
 import argparse
-import logging
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
 from doctorjob.conf import LIMITS, settings
+from doctorjob.signal_handlers import configure_logging
 from doctorjob.registry import QUEUE_NAME, QUEUE_RULE
 from doctorjob.supervisor import run_processes, stop_on_signals
 
@@ -89,7 +89,7 @@ class Command(BaseCommand):
             return
         from doctorjob.worker import Worker  # here: the option types above import without Django set up
 
-        self._configure_logging(options["verbosity"])
+        configure_logging(options["verbosity"])
         try:
             worker = Worker(
                 queues=options["queues"], concurrency=options["concurrency"], batch_size=options["batch_size"],
@@ -104,13 +104,18 @@ class Command(BaseCommand):
         if worker.alias not in connections:
             raise CommandError(f"unknown database alias {worker.alias!r}")
 
+        from doctorjob import watchdog
         from doctorjob.exceptions import NotMigrated
 
-        with stop_on_signals(worker):
-            try:
+        worker.watchdog = watchdog.start(worker, options["verbosity"])
+        try:
+            with stop_on_signals(worker):
                 worker.run()
-            except NotMigrated as exc:
-                raise CommandError(str(exc)) from exc
+        except NotMigrated as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            if worker.watchdog:  # we exit through Python: what we held is recorded or returned
+                worker.watchdog.close()
         if worker.recycle:  # stuck threads: a fresh process is needed, as a supervisor would start
             raise SystemExit(3)
 
@@ -128,14 +133,3 @@ class Command(BaseCommand):
             argv.append("--burst")
         return argv
 
-    @staticmethod
-    def _configure_logging(verbosity: int) -> None:
-        """Show the doctorjob logger at -v 1+, unless the project's LOGGING configured it."""
-        log = logging.getLogger("doctorjob")
-        if log.handlers or log.level != logging.NOTSET:
-            return
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
-        log.propagate = False

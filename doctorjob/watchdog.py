@@ -1,0 +1,165 @@
+"""The watchdog: when a worker's process dies, the jobs it was running pay for it, and only they.
+
+A worker claims jobs in batches and runs a few at a time, so when its process dies (a handler
+calls ``os._exit``, native code crashes, the OOM killer or an operator sends SIGKILL) most of
+what it held had not started. The lease sweep cannot tell which: it sees leases run out and
+counts an attempt for every job. The watchdog can. ``run_jobs`` starts it as a small process
+beside the worker; each handler thread tells it through a pipe when it starts and ends a job
+(two short writes, no database); and when the pipe closes without the worker's goodbye, the
+watchdog, at once rather than when the leases run out, records a lost attempt for each job
+that was running (retried after its backoff, dead-lettered after its last attempt) and returns
+the others to the queue with their attempts unchanged, through the same fenced finish as the
+worker. It loads Django only then.
+
+Should the watchdog die with its worker (the host goes down, the whole process group is killed),
+the lease sweep remains.
+
+Run as ``python -m doctorjob.watchdog WORKER_ID ALIAS LEASE VERBOSITY``, its pipe on stdin.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+logger = logging.getLogger("doctorjob")
+
+GOODBYE = b"bye\n"
+
+
+class Watchdog:
+    """The worker's end of the pipe. Writes block and are atomic (under PIPE_BUF): a line is
+    never lost nor interleaved with another, whichever handler thread writes it."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process, self.pid = process, process.pid
+        self._fd = process.stdin.fileno() if process.stdin else -1
+
+    def started(self, job_id: int) -> None:
+        self._write(b"+%d\n" % job_id)
+
+    def ended(self, job_id: int) -> None:
+        self._write(b"-%d\n" % job_id)
+
+    def close(self) -> None:
+        """The worker exits through Python: it recorded or returned what it held itself."""
+        self._write(GOODBYE)
+        if self.process.stdin:
+            self.process.stdin.close()
+        self._fd = -1
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _write(self, line: bytes) -> None:
+        if self._fd < 0:
+            return
+        try:
+            os.write(self._fd, line)
+        except OSError as exc:  # the watchdog died: the lease sweep still rescues our jobs
+            logger.warning("watchdog pid=%s is gone (%s): should this worker die, every job it holds is "
+                           "charged an attempt when its lease runs out", self.pid, exc)
+            self._fd = -1
+
+
+def start(worker: Worker, verbosity: int = 1) -> Watchdog | None:
+    """Start the watchdog of ``worker``; None if it cannot be started (logged)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    argv = [sys.executable, "-m", "doctorjob.watchdog", worker.id, worker.alias, str(worker.lease), str(verbosity)]
+    try:
+        # Its own session: a Ctrl-C in the terminal is for the worker, which the watchdog outlives.
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env, start_new_session=True)
+    except OSError as exc:
+        logger.warning("no watchdog (%s): should this worker die, every job it holds is charged an attempt "
+                       "when its lease runs out", exc)
+        return None
+    return Watchdog(process)
+
+
+def main(worker_id: str, alias: str, lease: float, verbosity: int) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):  # a supervisor's stop is for the worker
+        signal.signal(signum, signal.SIG_IGN)
+    stdin = sys.stdin.fileno()
+    running: set[int] = set()
+    pending = b""
+    while chunk := os.read(stdin, 65536):
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            if line[:1] == b"+":
+                running.add(int(line[1:]))
+            elif line[:1] == b"-":
+                running.discard(int(line[1:]))
+            elif line + b"\n" == GOODBYE:
+                return
+    try:
+        import django
+
+        django.setup()
+        from .signal_handlers import configure_logging
+
+        configure_logging(verbosity)
+        _recover(worker_id, alias, running, lease)
+    except Exception:  # e.g. settings changed under it: say so, and leave the jobs to the lease sweep
+        logger.exception("watchdog: could not finish the jobs of worker %s, which died; they return when "
+                         "their leases run out", worker_id)
+        raise SystemExit(1) from None
+
+
+def _recover(worker_id: str, alias: str, running: set[int], lease: float) -> None:
+    """The worker died: finish what it held. Retried while the database is away, until its
+    leases would have run out anyway (the lease sweep does it then)."""
+    from django.db import DatabaseError, connections
+
+    deadline = time.monotonic() + lease
+    pause = 0.5
+    while True:
+        try:
+            _finish_held(worker_id, alias, running)
+            return
+        except DatabaseError as exc:
+            if time.monotonic() + pause > deadline:
+                logger.error("watchdog: worker %s died and the database stayed away (%s): its jobs return "
+                             "when their leases run out", worker_id, exc)
+                return
+            logger.warning("watchdog: database unavailable, retrying in %.1fs: %s", pause, exc)
+            connections[alias].close()
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
+
+
+def _finish_held(worker_id: str, alias: str, running: set[int]) -> None:
+    from . import leases
+    from .leases import RELEASED, WORKER_DIED, Finish
+    from .models import Worker as WorkerRow
+    from .registry import registry
+    from .signals import DEAD, RETRYING, job_finished, send_robust
+
+    items = []
+    for job in leases.held_by(alias, worker_id):
+        if job.id in running:
+            outcome = RETRYING if job.attempts < job.max_attempts else DEAD
+            job_type = registry.get(job.name)
+            delay = job_type.retry_delay(job.attempts) if outcome == RETRYING and job_type else 0.0
+            items.append(Finish(job, outcome, error=WORKER_DIED, delay=delay, worker=worker_id, lost=True))
+        else:
+            items.append(Finish(job, RELEASED, worker=worker_id))
+    done = leases.finish(alias, items)
+    WorkerRow.objects.using(alias).filter(name=worker_id).update(lost=True)
+    charged = [f for f in done if f.outcome != RELEASED]
+    logger.warning("watchdog: worker %s died; %s job(s) it was running charged an attempt, %s it had not "
+                   "started returned to the queue, attempts unchanged", worker_id, len(charged),
+                   len(done) - len(charged))
+    for f in charged:
+        send_robust(job_finished, job=f.job, outcome=f.outcome, duration=None)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
