@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from datetime import timedelta
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,7 +93,8 @@ def raw_worker(*, batch: int, idle: float, listen: bool) -> None:
                 time.sleep(idle)
 
 
-def doctorjob_worker(*, source: str, dbname: str, notify: bool, run_jobs_args: Sequence[str]) -> None:
+def doctorjob_worker(*, source: str, dbname: str, notify: bool, run_jobs_args: Sequence[str],
+                     keep_succeeded: float | None = None) -> None:
     """Run the real ``run_jobs`` command on the scratch database (Django is set up already)."""
     from django.conf import settings as django_settings
     from django.core.management import call_command
@@ -101,6 +103,8 @@ def doctorjob_worker(*, source: str, dbname: str, notify: bool, run_jobs_args: S
     register_jobs()
     alias = add_scratch_alias(source, dbname)
     overrides = dict(getattr(django_settings, "DOCTORJOB", {}), NOTIFY=notify)
+    if keep_succeeded is not None:  # the soak: retention in minutes, not days
+        overrides["KEEP_SUCCEEDED"] = timedelta(seconds=keep_succeeded)
     if overrides.get("LISTEN_DATABASE") is not False:
         overrides["LISTEN_DATABASE"] = None  # listen where the bench notifies: the scratch database
     override_settings(DEBUG=False, DOCTORJOB=overrides).enable()  # DEBUG: see run()
@@ -122,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     worker.add_argument("--dbname", required=True, help="the scratch database")
     worker.add_argument("--no-notify", dest="notify", action="store_false")
     worker.add_argument("--run-jobs-args", default="[]", help="JSON list of run_jobs arguments")
+    worker.add_argument("--keep-succeeded", type=float, help="KEEP_SUCCEEDED in seconds")
     raw = commands.add_parser("raw-worker", help="the raw psycopg loop ($%s)" % CONNINFO_ENV)
     raw.add_argument("--batch", type=int, default=RAW_BATCH)
     raw.add_argument("--idle", type=float, default=RAW_IDLE)
@@ -136,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     django.setup()
     doctorjob_worker(source=args.source, dbname=args.dbname, notify=args.notify,
-                     run_jobs_args=json.loads(args.run_jobs_args))
+                     run_jobs_args=json.loads(args.run_jobs_args), keep_succeeded=args.keep_succeeded)
 
 
 def _exit_with_parent() -> None:

@@ -4,25 +4,32 @@ A worker claims jobs in batches and runs a few at a time, so when its process di
 calls ``os._exit``, native code crashes, the OOM killer or an operator sends SIGKILL) most of
 what it held had not started. The lease sweep cannot tell which: it sees leases run out and
 counts an attempt for every job. The watchdog can. ``run_jobs`` starts it as a small process
-beside the worker; each handler thread tells it through a pipe when it starts and ends a job
-(two short writes, no database); and when the pipe closes without the worker's goodbye, the
-watchdog, at once rather than when the leases run out, records a lost attempt for each job
-that was running (retried after its backoff, dead-lettered after its last attempt) and returns
-the others to the queue with their attempts unchanged, through the same fenced finish as the
-worker. It loads Django only then.
+beside the worker, sharing a file of one slot per handler thread: a thread writes its job's id
+into its slot before running the job and zero after (a memory write: no system call, no
+database). The watchdog sleeps on a pipe from the worker. When the pipe closes without the
+worker's goodbye, the process is gone: the watchdog reads the slots and, at once rather than
+when the leases run out, records a lost attempt for each job that was running (retried after
+its backoff, dead-lettered after its last attempt) and returns the others to the queue with
+their attempts unchanged, through the same fenced finish as the worker. It loads Django only
+then.
 
 Should the watchdog die with its worker (the host goes down, the whole process group is killed),
-the lease sweep remains.
+the lease sweep remains. Where file descriptors cannot be passed to a process (Windows) there is
+no watchdog.
 
-Run as ``python -m doctorjob.watchdog WORKER_ID ALIAS LEASE VERBOSITY``, its pipe on stdin.
+Run as ``python -m doctorjob.watchdog WORKER_ID ALIAS LEASE VERBOSITY SLOTS_FD SLOTS``, the
+pipe on stdin.
 """
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -32,73 +39,82 @@ if TYPE_CHECKING:
 logger = logging.getLogger("doctorjob")
 
 GOODBYE = b"bye\n"
+SLOT = 8  # bytes: a job id, little-endian; 0 for none
 
 
 class Watchdog:
-    """The worker's end of the pipe. Writes block and are atomic (under PIPE_BUF): a line is
-    never lost nor interleaved with another, whichever handler thread writes it."""
+    """The worker's side: the slots its handler threads write, and the pipe it says goodbye on."""
 
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], slots: mmap.mmap, count: int) -> None:
         self.process, self.pid = process, process.pid
-        self._fd = process.stdin.fileno() if process.stdin else -1
+        self._slots = slots
+        self._free = list(range(count - 1, -1, -1))
+        self._lock = threading.Lock()
 
-    def started(self, job_id: int) -> None:
-        self._write(b"+%d\n" % job_id)
+    def take_slot(self) -> int:
+        """A slot for a new handler thread (a worker has at most 2 x concurrency + 1 of them:
+        the threads abandoned in timed-out jobs, and their replacements)."""
+        with self._lock:
+            return self._free.pop()
 
-    def ended(self, job_id: int) -> None:
-        self._write(b"-%d\n" % job_id)
+    def give_back(self, slot: int) -> None:
+        self.running(slot, 0)
+        with self._lock:
+            self._free.append(slot)
+
+    def running(self, slot: int, job_id: int) -> None:
+        """Before a job starts: its id; after it ended: 0."""
+        self._slots[slot * SLOT:(slot + 1) * SLOT] = job_id.to_bytes(SLOT, "little")
 
     def close(self) -> None:
         """The worker exits through Python: it recorded or returned what it held itself."""
-        self._write(GOODBYE)
-        if self.process.stdin:
-            self.process.stdin.close()
-        self._fd = -1
+        stdin = self.process.stdin
+        if stdin is None or stdin.closed:
+            return
+        try:
+            stdin.write(GOODBYE)
+            stdin.close()
+        except OSError:  # the watchdog is gone already
+            pass
         try:
             self.process.wait(5)
         except subprocess.TimeoutExpired:
             pass
 
-    def _write(self, line: bytes) -> None:
-        if self._fd < 0:
-            return
-        try:
-            os.write(self._fd, line)
-        except OSError as exc:  # the watchdog died: the lease sweep still rescues our jobs
-            logger.warning("watchdog pid=%s is gone (%s): should this worker die, every job it holds is "
-                           "charged an attempt when its lease runs out", self.pid, exc)
-            self._fd = -1
-
 
 def start(worker: Worker, verbosity: int = 1) -> Watchdog | None:
     """Start the watchdog of ``worker``; None if it cannot be started (logged)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    argv = [sys.executable, "-m", "doctorjob.watchdog", worker.id, worker.alias, str(worker.lease), str(verbosity)]
+    if os.name != "posix":
+        return None
+    count = 2 * worker.concurrency + 1
     try:
-        # Its own session: a Ctrl-C in the terminal is for the worker, which the watchdog outlives.
-        process = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env, start_new_session=True)
+        with tempfile.TemporaryFile() as file:  # unlinked: gone with the last process that holds it
+            os.ftruncate(file.fileno(), count * SLOT)
+            slots = mmap.mmap(file.fileno(), count * SLOT)
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+            argv = [sys.executable, "-m", "doctorjob.watchdog", worker.id, worker.alias, str(worker.lease),
+                    str(verbosity), str(file.fileno()), str(count)]
+            # Its own session: a Ctrl-C in the terminal is for the worker, which the watchdog outlives.
+            process = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env, pass_fds=(file.fileno(),),
+                                       start_new_session=True)
     except OSError as exc:
         logger.warning("no watchdog (%s): should this worker die, every job it holds is charged an attempt "
                        "when its lease runs out", exc)
         return None
-    return Watchdog(process)
+    return Watchdog(process, slots, count)
 
 
-def main(worker_id: str, alias: str, lease: float, verbosity: int) -> None:
+def main(worker_id: str, alias: str, lease: float, verbosity: int, slots_fd: int, count: int) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):  # a supervisor's stop is for the worker
         signal.signal(signum, signal.SIG_IGN)
-    stdin = sys.stdin.fileno()
-    running: set[int] = set()
-    pending = b""
-    while chunk := os.read(stdin, 65536):
-        *lines, pending = (pending + chunk).split(b"\n")
-        for line in lines:
-            if line[:1] == b"+":
-                running.add(int(line[1:]))
-            elif line[:1] == b"-":
-                running.discard(int(line[1:]))
-            elif line + b"\n" == GOODBYE:
-                return
+    said = b""
+    while chunk := os.read(sys.stdin.fileno(), 64):
+        said += chunk
+    if said == GOODBYE:
+        return
+    # The worker died: its slots say what it was running.
+    data = os.pread(slots_fd, count * SLOT, 0)
+    running = {int.from_bytes(data[i:i + SLOT], "little") for i in range(0, len(data), SLOT)} - {0}
     try:
         import django
 
@@ -162,4 +178,4 @@ def _finish_held(worker_id: str, alias: str, running: set[int]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))

@@ -102,7 +102,7 @@ class Worker:
         self._handlers = 0
         self.recycle = False  # too many handler threads stuck in timed-out jobs: exit for a fresh process
         self.maintenance = Maintenance(self.alias, self.id, self.lease, self._stopping, self._finished)
-        self.watchdog: Watchdog | None = None  # run_jobs forks one, and says goodbye to it (watchdog.py)
+        self.watchdog: Watchdog | None = None  # run_jobs starts one, and says goodbye to it (watchdog.py)
 
     # -- control ------------------------------------------------------------------------------
 
@@ -407,6 +407,16 @@ class Worker:
                 own.append(connections[alias])
             except ImproperlyConfigured:  # its backend cannot load: no handler can use it either
                 pass
+        watchdog = self.watchdog
+        slot = watchdog.take_slot() if watchdog else 0
+        try:
+            self._run_jobs(me, own, slot)
+        finally:
+            if watchdog:
+                watchdog.give_back(slot)
+
+    def _run_jobs(self, me: threading.Thread, own: Sequence[BaseDatabaseWrapper], slot: int) -> None:
+        watchdog = self.watchdog
         while True:
             job = self._todo.get()
             if job is None:
@@ -414,9 +424,8 @@ class Worker:
                 return
             if self._stopping.is_set() and self.shutdown_timeout == 0:
                 continue
-            watchdog = self.watchdog
             if watchdog:
-                watchdog.started(job.id)
+                watchdog.running(slot, job.id)  # before it starts: should we die now, it is charged
             try:
                 outcome = self._execute(job, me)
             except BaseException as exc:  # noqa: BLE001 - never lose the thread, whatever went wrong
@@ -426,7 +435,7 @@ class Worker:
             finally:
                 self._running.pop(me, None)
                 if watchdog:
-                    watchdog.ended(job.id)
+                    watchdog.running(slot, 0)
             if me in self._abandoned:  # timed out: recorded, and replaced
                 connections.close_all()
                 return

@@ -62,3 +62,40 @@ def test_a_sigkill_storm_loses_no_job_and_repeats_no_atomic_effect(workers, tmp_
           f"jobs_charged_a_lost_attempt={charged}")
     for worker in alive:
         worker.kill(watchdog=True)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL (pg_terminate_backend)")
+@pytest.mark.django_db(transaction=True)
+def test_connections_terminated_again_and_again_lose_no_job_and_repeat_no_atomic_effect(workers, tmp_path):
+    """The database drops every worker connection twice a second while they drain (a failover,
+    a restarting pooler, an administrator's pg_terminate_backend): the workers log it,
+    reconnect and finish every job."""
+    runs = tmp_path / "runs"
+    jobs = enqueue_many(
+        [{"job": "tests.acceptance.storm_atomic" if i % 2 else "tests.acceptance.storm_plain",
+          "payload": {"runs": str(runs), "ms": 10 + i % 30}} for i in range(JOBS)])
+    atomic = {j.pk for j in jobs if j.name == "tests.acceptance.storm_atomic"}
+    alive = [workers(*OPTIONS) for _ in range(WORKERS)]
+    rounds = terminated = 0
+    deadline = time.monotonic() + STORM_SECONDS
+    while time.monotonic() < deadline and Job.objects.exclude(status=Status.SUCCEEDED).exists():
+        time.sleep(0.5)  # the outages' rhythm, not a synchronisation
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            terminated += len(cursor.fetchall())
+        rounds += 1
+
+    wait_for(lambda: not Job.objects.exclude(status=Status.SUCCEEDED).exists(), timeout=90,
+             message=lambda: f"every job to succeed: {statuses()}")
+    assert not DeadLetter.objects.exists()
+    assert all(worker.alive() for worker in alive)
+    effects = Counter(Effect.objects.values_list("job_id", flat=True))
+    assert set(effects) == atomic and set(effects.values()) == {1}, "an atomic effect missing or repeated"
+    plain_runs = Counter(int(line) for line in runs.read_text().split())
+    assert set(plain_runs) == {j.pk for j in jobs} - atomic
+    attempts = Job.objects.aggregate(total=Sum("attempts"))["total"]
+    print(f"\nconnections terminated: jobs={JOBS} workers={WORKERS} rounds={rounds} connections={terminated} "
+          f"lost=0 duplicated_atomic_effects=0 plain_jobs_run_twice={sum(1 for n in plain_runs.values() if n > 1)} "
+          f"attempts={attempts} (failed attempts {attempts - JOBS})")
+    assert [worker.stop() for worker in alive] == [0] * WORKERS
