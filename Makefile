@@ -17,8 +17,10 @@ demo: venv
 	$(VENV)/bin/python manage.py migrate --noinput
 	$(VENV)/bin/python manage.py demo
 
+# The suite, then the example project's own tests (Django's runner, its settings).
 test: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python manage.py test example_project --noinput
 
 # The benchmark harness (bench/, not installed), e.g. make bench BENCH_ARGS="--quick"; see docs/benchmark.md.
 bench: venv

@@ -120,3 +120,28 @@ def poison(payload, ctx):
     if kind == "refused":
         return {"poison": True}  # a test's CHECK constraint refuses it
     return {"ok": ctx.job_id}
+
+
+@job("integration.enqueues_another")
+def enqueues_another(payload, ctx):
+    """Enqueue a tests.noop job from a handler: doctorjob.testing.run_jobs() runs that one too."""
+    from doctorjob import enqueue
+
+    return enqueue("tests.noop", {"from": ctx.job_id}).pk
+
+
+@job("integration.fails_once_slowly", max_attempts=2, backoff={"base": 3600, "jitter": 0})
+def fails_once_slowly(payload, ctx):
+    """Fail the first attempt with an hour of backoff, which doctorjob.testing.run_jobs() skips."""
+    if ctx.attempt == 1:
+        raise RuntimeError("not yet")
+    return ctx.attempt
+
+
+@job("integration.writes_then_fails", max_attempts=1)
+def writes_then_fails(payload, ctx):
+    """Write a row, then fail: in doctorjob.testing.run_jobs() the write is rolled back."""
+    from .models import Run
+
+    Run.objects.create(job_id=ctx.job_id)
+    raise RuntimeError("after the write")
