@@ -106,6 +106,26 @@ DELETE FROM doctorjob_job WHERE id IN (SELECT id FROM doomed)
 """
 
 
+def vacuum_if_autovacuum_is_off(alias: str) -> float | None:
+    """VACUUM the job tables when the PostgreSQL server runs without autovacuum; return the
+    seconds it took, or None where it is not needed.
+
+    Every job is inserted, updated two or three times and deleted: without VACUUM, the dead
+    rows are never reused and the tables and their indexes grow for ever, however much is
+    pruned. A plain VACUUM takes no lock that enqueue, claim or finish wait for.
+    """
+    connection = connections[alias]
+    if connection.vendor != "postgresql" or not connection.get_autocommit():
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('autovacuum')")
+        if cursor.fetchone()[0] != "off":
+            return None
+        started = time.monotonic()
+        cursor.execute("VACUUM doctorjob_job, doctorjob_jobexecution, doctorjob_deadletter")
+    return time.monotonic() - started
+
+
 def prune_succeeded(alias: str, keep: timedelta, batch: int = PRUNE_BATCH,
                     stopping: threading.Event | None = None, budget: float | None = None) -> tuple[int, bool]:
     """Delete succeeded jobs that finished more than ``keep`` ago (by the database's clock), in
@@ -247,6 +267,9 @@ class Maintenance:
             return
         if self._pruned:
             logger.info("pruned succeeded jobs count=%s seconds=%.1f", self._pruned, self._pruning_seconds)
+            seconds = vacuum_if_autovacuum_is_off(self.alias)
+            if seconds is not None:
+                logger.info("vacuumed doctorjob's tables (autovacuum is off on this server) seconds=%.1f", seconds)
         self._pruned, self._pruning_seconds = 0, 0.0
         self._due["prune"] = time.monotonic() + PRUNE_EVERY
 

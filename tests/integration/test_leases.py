@@ -481,3 +481,26 @@ def test_a_worker_without_the_maintenance_lease_waits_for_its_next_try_instead_o
     other.run_due()
     assert not other.leader
     assert other.next_due() >= time.monotonic() + 9  # a third of its lease
+
+
+@pytest.mark.postgresql
+@pytest.mark.django_db(transaction=True, available_apps=["doctorjob", "tests.testapp"])
+def test_after_a_prune_the_tables_are_vacuumed_when_and_only_when_the_server_has_no_autovacuum():
+    """Jobs are written several times and deleted: without autovacuum, the dead rows would make
+    the tables grow for ever (measured: 5.7 MiB a minute at 300 jobs/s), whatever pruning does."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('autovacuum') = 'off'")
+        autovacuum_off = cursor.fetchone()[0]
+
+    def vacuums() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'doctorjob_job'")
+            return cursor.fetchone()[0]
+
+    before = vacuums()
+    JobFactory(succeeded=True, finished_at=timezone.now() - timedelta(days=8))
+    keeper = maintenance.Maintenance(DB, "test", 30.0, threading.Event(), lambda finished: None)
+    keeper._prune()
+    assert vacuums() == before + autovacuum_off
+    assert (maintenance.vacuum_if_autovacuum_is_off(DB) is None) is not autovacuum_off
