@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: venv
-	$(VENV)/bin/python manage.py migrate --noinput
+	$(VENV)/bin/python manage.py migrate --noinput -v 0
 	$(VENV)/bin/python manage.py demo
 
 # The suite, then the example project's own tests (Django's runner, its settings).

@@ -234,5 +234,7 @@ def get_job_type(job: str | Handler | JobType) -> JobType:
         return registry[job]
     except KeyError:
         close = difflib.get_close_matches(job, registry, n=3)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = (f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else
+                "; jobs are declared with @job in a jobs.py module of an app in INSTALLED_APPS "
+                "(<app>/jobs.py), imported at start-up")
         raise UnknownJob(f"unknown job '{job}'{hint}") from None

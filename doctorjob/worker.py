@@ -176,6 +176,13 @@ class Worker:
             concurrency=self.concurrency, lease=self.lease, started_at=now, last_heartbeat=now,
         ))
         self._skip_on_overlap = [n for n, t in registry.items() if t.on_overlap == "skip"]
+        if self.queues:
+            used = {t.queue for t in registry.values()} | set(
+                JobDefinition.objects.using(self.alias).filter(retired=False).values_list("queue", flat=True))
+            for queue in self.queues:
+                if queue not in used:
+                    logger.warning("queue %r: no registered job uses it (a typo?); this worker takes only the jobs "
+                                   "enqueued there with queue=%r", queue, queue)
         self.maintenance.run_due(prune=False)  # pruning starts at once, on the maintenance thread
 
     def _refresh_definitions(self) -> None:

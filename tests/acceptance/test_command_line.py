@@ -24,6 +24,19 @@ def test_burst_exits_0_when_no_job_is_runnable_now():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_queue_no_registered_job_uses_is_warned_about_and_still_drained():
+    job = enqueue("tests.noop", queue="adhoc")
+
+    done = run_jobs("--burst", "--queues", "emials,adhoc,default", "--poll-interval", "0.1", timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    assert "queue 'emials': no registered job uses it (a typo?)" in done.stderr
+    assert "queue 'adhoc': no registered job uses it" in done.stderr
+    assert "queue 'default'" not in done.stderr
+    assert Job.objects.get(pk=job.pk).status == Status.SUCCEEDED
+
+
+@pytest.mark.django_db(transaction=True)
 def test_burst_runs_every_runnable_job_then_exits_0(tmp_path):
     with transaction.atomic():
         jobs = enqueue_many([("tests.record_run", {"dupes": str(tmp_path / "dupes")})] * 25)

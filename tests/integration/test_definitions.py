@@ -1,5 +1,5 @@
 """Job definitions and versions: sync_jobs, JobVersion rows, the version a job is enqueued with,
-minimal versions, the W001 check, DOCTORJOB['JOBS'] overrides, run_job, and the admin's run
+minimal versions, the W001 check, DOCTORJOB['JOBS'] overrides, enqueue_job, and the admin's run
 now / pause / resume on definitions and queues."""
 from __future__ import annotations
 
@@ -298,32 +298,32 @@ def test_an_override_pauses_and_resumes_a_job_explicitly():
     assert not definition("issue4.report").paused
 
 
-# -- run_job ------------------------------------------------------------------------------------
+# -- enqueue_job --------------------------------------------------------------------------------
 
 
-def run_job(*args: str) -> str:
+def enqueue_job(*args: str, command: str = "enqueue_job") -> str:
     out = StringIO()
-    call_command("run_job", *args, stdout=out)
+    call_command(command, *args, stdout=out)
     return out.getvalue()
 
 
-def test_run_job_enqueues_with_the_jobs_default_payload():
-    output = run_job("issue4.report")
+def test_enqueue_job_enqueues_with_the_jobs_default_payload():
+    output = enqueue_job("issue4.report")
 
     job = Job.objects.get()
     assert (job.name, job.queue, job.payload, job.status) == ("issue4.report", "issue4", {"format": "csv"}, "queued")
     assert output == f"enqueued job {job.pk} (issue4.report) on queue issue4\n"
 
 
-def test_run_job_uses_the_definitions_payload_as_set_by_an_override():
+def test_enqueue_job_uses_the_definitions_payload_as_set_by_an_override():
     with doctorjob_settings(**{"issue4.report": {"payload": {"format": "pdf"}}}):
         definitions.sync()
-    run_job("issue4.report")
+    enqueue_job("issue4.report")
     assert Job.objects.get().payload == {"format": "pdf"}
 
 
-def test_run_job_with_a_payload_enqueues_that_payload():
-    run_job("issue4.report", "--payload", '{"format": "pdf", "rows": 10}')
+def test_enqueue_job_with_a_payload_enqueues_that_payload():
+    enqueue_job("issue4.report", "--payload", '{"format": "pdf", "rows": 10}')
     assert Job.objects.get().payload == {"format": "pdf", "rows": 10}
 
 
@@ -333,13 +333,21 @@ def test_run_job_with_a_payload_enqueues_that_payload():
     (["issue4.report", "--payload", '{"format": "docx"}'],
      "payload['format'] does not match the schema of job 'issue4.report'"),
 ], ids=["unknown-name", "bad-json", "payload-vs-schema"])
-def test_run_job_refuses_with_a_non_zero_exit_and_writes_nothing(args, complaint):
+def test_enqueue_job_refuses_with_a_non_zero_exit_and_writes_nothing(args, complaint):
     with pytest.raises(CommandError) as refused:
-        run_job(*args)
+        enqueue_job(*args)
 
     assert str(refused.value).startswith(complaint), str(refused.value)
     assert refused.value.returncode != 0  # run_from_argv exits with it
     assert not Job.objects.exists()
+
+
+def test_run_job_is_a_deprecated_alias_of_enqueue_job():
+    err = StringIO()
+    out = StringIO()
+    call_command("run_job", "issue4.report", stdout=out, stderr=err)
+    assert out.getvalue() == f"enqueued job {Job.objects.get().pk} (issue4.report) on queue issue4\n"
+    assert "run_job is deprecated and will be removed in doctorjob 0.3: use enqueue_job" in err.getvalue()
 
 
 # -- pauses: workers do not claim paused work ---------------------------------------------------

@@ -108,10 +108,11 @@ def test_unknown_name_suggests_close_names():
         get_job_type("unit.send_loggin_link")
 
 
-def test_unknown_name_without_close_names_suggests_nothing():
+def test_unknown_name_without_close_names_says_where_jobs_are_declared():
     with pytest.raises(UnknownJob) as excinfo:
         get_job_type("zzzzzzzzzzzzzzzzzzzzzzzz")
-    assert str(excinfo.value) == "unknown job 'zzzzzzzzzzzzzzzzzzzzzzzz'"
+    assert str(excinfo.value) == ("unknown job 'zzzzzzzzzzzzzzzzzzzzzzzz'; jobs are declared with @job in a jobs.py "
+                                  "module of an app in INSTALLED_APPS (<app>/jobs.py), imported at start-up")
 
 
 def test_undecorated_function_is_not_a_job():

@@ -1,28 +1,10 @@
-import json
-
-from django.core.management.base import BaseCommand, CommandError
-
-from doctorjob import DoctorJobError
-from doctorjob.operations import run_now
+"""``run_job``: the old name of ``enqueue_job``, too easily taken for ``run_jobs``; removed in 0.3."""
+from .enqueue_job import Command as EnqueueJob
 
 
-class Command(BaseCommand):
-    help = "Enqueue a job to run now, with its definition's default payload unless --payload is given."
-
-    def add_arguments(self, parser):
-        parser.add_argument("name", help="Registered job name, e.g. accounts.send_login_link")
-        parser.add_argument("--payload", help="The payload as JSON, e.g. '{\"client_id\": 1}'.")
-        parser.add_argument("--database", default=None, help="Database alias (default: the router's choice).")
+class Command(EnqueueJob):
+    help = "Deprecated alias of enqueue_job (removed in doctorjob 0.3). " + EnqueueJob.help
 
     def handle(self, *args, **options):
-        payload = None
-        if options["payload"] is not None:
-            try:
-                payload = json.loads(options["payload"])
-            except json.JSONDecodeError as exc:
-                raise CommandError(f"--payload is not valid JSON: {exc}") from exc
-        try:
-            job = run_now(options["name"], payload, using=options["database"])
-        except DoctorJobError as exc:
-            raise CommandError(str(exc)) from exc
-        self.stdout.write(f"enqueued job {job.pk} ({job.name}) on queue {job.queue}")
+        self.stderr.write("run_job is deprecated and will be removed in doctorjob 0.3: use enqueue_job")
+        super().handle(*args, **options)

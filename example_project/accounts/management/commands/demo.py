@@ -1,8 +1,9 @@
+import logging
 import time
 import uuid
 
 from django.core.management import BaseCommand, CommandError, call_command
-from django.db.models import Min, Q
+from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 
 from doctorjob import enqueue
@@ -29,11 +30,14 @@ class Command(BaseCommand):
         self.stdout.write(f"Signed up {len(signed_up)} clients and enqueued {jobs.count()} jobs (run {run}).")
 
         # Retries are scheduled a moment later, so keep draining until nothing is left to do.
+        # Only the worker's warnings (retries, dead letters) are shown: they tell the story.
+        self.stdout.write("Running the worker (run_jobs --burst) until every job is done:")
+        logging.getLogger("doctorjob").setLevel(logging.WARNING)
         deadline = time.monotonic() + timeout
         while jobs.filter(status__in=["queued", "running"]).exists():
             if time.monotonic() > deadline:
                 raise CommandError(f"Jobs were still pending after {timeout:g} seconds.")
-            call_command("run_jobs", burst=True)
+            call_command("run_jobs", burst=True, verbosity=0)
             next_run = jobs.filter(status="queued").aggregate(at=Min("run_at"))["at"]
             wait = (next_run - timezone.now()).total_seconds() if next_run else 0
             time.sleep(min(max(wait, 0.05), 1))
@@ -41,14 +45,20 @@ class Command(BaseCommand):
         dead_letters = DeadLetter.objects.filter(
             Q(name="accounts.reticulate_splines", payload__run=run)
             | Q(name="accounts.send_login_link", payload__client_id__in=client_ids)
-        )
+        ).count()
+        succeeded = jobs.filter(status="succeeded").count()
+        lines = [f"\n{jobs.count()} jobs: {succeeded} succeeded, {dead_letters} dead-lettered."]
+        for name, status, count, attempts in (
+            jobs.values_list("name", "status").annotate(n=Count("id"), attempts=Sum("attempts")).order_by("name")
+        ):
+            what = "dead-lettered" if status == "dead" else status
+            lines.append(f"  {name:<28} {count} {what}, {attempts} attempt{'s' if attempts != 1 else ''}"
+                         f"{' in all' if count > 1 else ''}")
         self.stdout.write(
+            "\n".join(lines) + "\n"
             "\n"
-            f"Succeeded:      {jobs.filter(status='succeeded').count()}\n"
-            f"Retried:        {jobs.filter(attempts__gt=1).count()}\n"
-            f"Dead-lettered:  {dead_letters.count()}\n"
-            "\n"
-            "Look around in the admin:\n"
+            "The dead letter (a job that always fails, retried twice) waits in the admin, to be\n"
+            "corrected and requeued:\n"
             "  .venv/bin/python manage.py createsuperuser\n"
             "  .venv/bin/python manage.py runserver\n"
             "  then open http://127.0.0.1:8000/admin/doctorjob/\n"
