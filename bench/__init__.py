@@ -12,6 +12,7 @@ doctorjob's workers are real ``run_jobs`` commands, each in its own process star
 (``python -m bench raw-worker``). The bench registers its two job handlers explicitly
 (``register_jobs()``), so they never exist in a normal project.
 """
+
 from .options import QUICK, BenchmarkError, Options
 from .report import format_report
 from .runner import run

@@ -1,5 +1,6 @@
 """``python -m bench [options]``: parse the options, set Django up with the project's settings,
 run the bench and print its report."""
+
 from __future__ import annotations
 
 import argparse
@@ -53,47 +54,77 @@ def process_counts(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database", metavar="ALIAS", help="Database alias whose server hosts the "
-                        "scratch database '<NAME>_bench' (default: the router's choice for doctorjob's "
-                        "Job model).")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--database",
+        metavar="ALIAS",
+        help="Database alias whose server hosts the "
+        "scratch database '<NAME>_bench' (default: the router's choice for doctorjob's "
+        "Job model).",
+    )
     parser.add_argument("--json", metavar="PATH", help="Also save every raw number to PATH.")
     measures = parser.add_argument_group("what to measure")
-    measures.add_argument("--jobs", type=positive_int, metavar="N", help="No-op jobs per drain "
-                          "(default 20,000).")
-    measures.add_argument("--enqueue-jobs", type=positive_int, metavar="N", help="Jobs enqueued one per "
-                          "transaction (default 5,000).")
-    measures.add_argument("--bulk-jobs", type=positive_int, metavar="N", help="Jobs in the one "
-                          "enqueue_many() call (default 50,000).")
-    measures.add_argument("--processes", type=process_counts, default=(1, 2), metavar="P", help="Worker "
-                          "processes for the drain: N (measured with 1 and N) or a list such as 1,2,4 "
-                          "(default 2).")
-    measures.add_argument("--probes", type=positive_int, metavar="N", help="Latency probes, 20 ms apart "
-                          "(default 200).")
-    measures.add_argument("--reps", type=positive_int, default=1, metavar="N", help="Repetitions; the "
-                          "report shows medians (default 1).")
-    measures.add_argument("--skip-memory", action="store_true", help="Skip the worker memory measure "
-                          "(a 100,000-job drain).")
-    measures.add_argument("--quick", action="store_true", help="Small counts for a smoke run of under a "
-                          "minute; the numbers are not comparable with a full run. Explicit counts still win.")
+    measures.add_argument("--jobs", type=positive_int, metavar="N", help="No-op jobs per drain (default 20,000).")
+    measures.add_argument(
+        "--enqueue-jobs", type=positive_int, metavar="N", help="Jobs enqueued one per transaction (default 5,000)."
+    )
+    measures.add_argument(
+        "--bulk-jobs", type=positive_int, metavar="N", help="Jobs in the one enqueue_many() call (default 50,000)."
+    )
+    measures.add_argument(
+        "--processes",
+        type=process_counts,
+        default=(1, 2),
+        metavar="P",
+        help="Worker processes for the drain: N (measured with 1 and N) or a list such as 1,2,4 (default 2).",
+    )
+    measures.add_argument("--probes", type=positive_int, metavar="N", help="Latency probes, 20 ms apart (default 200).")
+    measures.add_argument(
+        "--reps", type=positive_int, default=1, metavar="N", help="Repetitions; the report shows medians (default 1)."
+    )
+    measures.add_argument(
+        "--skip-memory", action="store_true", help="Skip the worker memory measure (a 100,000-job drain)."
+    )
+    measures.add_argument(
+        "--quick",
+        action="store_true",
+        help="Small counts for a smoke run of under a "
+        "minute; the numbers are not comparable with a full run. Explicit counts still win.",
+    )
     # Passed on to every doctorjob worker (run_jobs); the defaults are doctorjob's settings.
     workers = parser.add_argument_group("doctorjob's workers (default: the DOCTORJOB settings)")
     workers.add_argument("--concurrency", type=positive_int, metavar="N", help="run_jobs --concurrency.")
     workers.add_argument("--batch-size", type=positive_int, metavar="N", help="run_jobs --batch-size.")
-    workers.add_argument("--poll-interval", type=seconds(0.001), metavar="SECONDS", help="run_jobs "
-                         "--poll-interval; also the raw baseline's poll interval in the NOTIFY-off "
-                         "latency measure.")
+    workers.add_argument(
+        "--poll-interval",
+        type=seconds(0.001),
+        metavar="SECONDS",
+        help="run_jobs --poll-interval; also the raw baseline's poll interval in the NOTIFY-off latency measure.",
+    )
     django = parser.add_argument_group("Django")
-    django.add_argument("--settings", metavar="MODULE", help="The project's settings module (default: "
-                        f"$DJANGO_SETTINGS_MODULE, else {DEFAULT_SETTINGS}). The worker processes use it too.")
-    django.add_argument("--pythonpath", metavar="DIR", help="A directory to add to the import path, "
-                        "e.g. the one holding your project's settings package.")
+    django.add_argument(
+        "--settings",
+        metavar="MODULE",
+        help="The project's settings module (default: "
+        f"$DJANGO_SETTINGS_MODULE, else {DEFAULT_SETTINGS}). The worker processes use it too.",
+    )
+    django.add_argument(
+        "--pythonpath",
+        metavar="DIR",
+        help="A directory to add to the import path, e.g. the one holding your project's settings package.",
+    )
     django.add_argument("--skip-checks", action="store_true", help="Skip Django's system checks.")
-    django.add_argument("-v", "--verbosity", type=int, choices=[0, 1, 2, 3], default=1,
-                        help="0 hides the progress lines on stderr (default 1).")
-    django.add_argument("--traceback", action="store_true", help="Raise on an error instead of printing "
-                        "its message.")
+    django.add_argument(
+        "-v",
+        "--verbosity",
+        type=int,
+        choices=[0, 1, 2, 3],
+        default=1,
+        help="0 hides the progress lines on stderr (default 1).",
+    )
+    django.add_argument("--traceback", action="store_true", help="Raise on an error instead of printing its message.")
     return parser
 
 
@@ -116,8 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as exc:
         if args.traceback or not _is_settings_error(exc, settings_module):
             raise
-        return _fail(f"cannot import the settings module '{settings_module}' ({exc}); run from the root "
-                     "of a checkout, or pass --settings (and --pythonpath)")
+        return _fail(
+            f"cannot import the settings module '{settings_module}' ({exc}); run from the root "
+            "of a checkout, or pass --settings (and --pythonpath)"
+        )
     except (BenchmarkError, CommandError) as exc:  # CommandError: the system checks found errors
         if args.traceback:
             raise
@@ -132,15 +165,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 def options_from(args: argparse.Namespace) -> Options:
     """The bench's Options from the parsed command line: --quick's counts, then explicit ones."""
     counts = dict(QUICK) if args.quick else {}
-    counts.update({name: getattr(args, name) for name in ("jobs", "enqueue_jobs", "bulk_jobs", "probes")
-                   if getattr(args, name) is not None})
+    counts.update(
+        {
+            name: getattr(args, name)
+            for name in ("jobs", "enqueue_jobs", "bulk_jobs", "probes")
+            if getattr(args, name) is not None
+        }
+    )
     run_jobs_args: list[str] = []
     for name in ("concurrency", "batch_size", "poll_interval"):
         if getattr(args, name) is not None:
             run_jobs_args += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     return Options(
-        database=args.database, processes=args.processes, reps=args.reps, skip_memory=args.skip_memory,
-        run_jobs_args=tuple(run_jobs_args), poll_interval=args.poll_interval, **counts,
+        database=args.database,
+        processes=args.processes,
+        reps=args.reps,
+        skip_memory=args.skip_memory,
+        run_jobs_args=tuple(run_jobs_args),
+        poll_interval=args.poll_interval,
+        **counts,
     )
 
 

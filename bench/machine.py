@@ -1,5 +1,6 @@
 """The machine, the versions and the noise: what the report header says and the ``others CPU``
 column measures."""
+
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 
 
 # -- environment and noise --------------------------------------------------------------------------
+
 
 def environment(db: ScratchDatabase, options: Options, source: str, load_before: list[float]) -> dict[str, Any]:
     """Machine, versions and settings, for the report header."""
@@ -35,8 +37,10 @@ def environment(db: ScratchDatabase, options: Options, source: str, load_before:
             return "?"
 
     with psycopg.connect(**db.params, autocommit=True) as conn:
-        server = {name: conn.execute(f"SHOW {name}").fetchone()[0]
-                  for name in ("server_version", "fsync", "synchronous_commit", "shared_buffers")}
+        server = {
+            name: conn.execute(f"SHOW {name}").fetchone()[0]
+            for name in ("server_version", "fsync", "synchronous_commit", "shared_buffers")
+        }
     source_settings = connections[source].settings_dict
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -50,20 +54,33 @@ def environment(db: ScratchDatabase, options: Options, source: str, load_before:
         "psycopg": f"{psycopg.__version__} ({psycopg.pq.__impl__})",
         "doctorjob": __version__,
         "postgresql": server,
-        "database": {"source_alias": source, "scratch": db.name, "host": source_settings.get("HOST") or "local",
-                     "port": source_settings.get("PORT") or "default",
-                     "CONN_MAX_AGE": source_settings.get("CONN_MAX_AGE")},
+        "database": {
+            "source_alias": source,
+            "scratch": db.name,
+            "host": source_settings.get("HOST") or "local",
+            "port": source_settings.get("PORT") or "default",
+            "CONN_MAX_AGE": source_settings.get("CONN_MAX_AGE"),
+        },
         "DEBUG": django_settings.DEBUG,
         "DOCTORJOB": {name: str(getattr(settings, name)) for name in _SHOWN_SETTINGS},
-        "worker": " ".join(["run_jobs -v 0", *options.run_jobs_args]) + (
-            "" if options.run_jobs_args else " (default options)") + ", doctorjob logger at WARNING",
+        "worker": " ".join(["run_jobs -v 0", *options.run_jobs_args])
+        + ("" if options.run_jobs_args else " (default options)")
+        + ", doctorjob logger at WARNING",
         "poll_interval": options.poll_interval if options.poll_interval is not None else settings.POLL_INTERVAL,
     }
 
 
 # The settings that change what the bench measures (BACKOFF and JOBS do not).
-_SHOWN_SETTINGS = ("NOTIFY", "LISTEN_DATABASE", "CONCURRENCY", "BATCH_SIZE", "POLL_INTERVAL", "LEASE",
-                   "KEEP_SUCCEEDED", "REQUIRE_TRANSACTION")
+_SHOWN_SETTINGS = (
+    "NOTIFY",
+    "LISTEN_DATABASE",
+    "CONCURRENCY",
+    "BATCH_SIZE",
+    "POLL_INTERVAL",
+    "LEASE",
+    "KEEP_SUCCEEDED",
+    "REQUIRE_TRANSACTION",
+)
 
 
 def _command() -> str:
@@ -92,8 +109,17 @@ def _loadavg() -> list[float]:
 
 
 # PostgreSQL's shared processes work for every database, the bench's included: not "others".
-_PG_SHARED = ("checkpointer", "walwriter", "background writer", "autovacuum launcher",
-              "logical replication launcher", "archiver", "stats collector", " -D ", "config_file")
+_PG_SHARED = (
+    "checkpointer",
+    "walwriter",
+    "background writer",
+    "autovacuum launcher",
+    "logical replication launcher",
+    "archiver",
+    "stats collector",
+    " -D ",
+    "config_file",
+)
 
 
 def _cpu_by_process() -> dict[int, tuple[int, str, float]]:
@@ -110,13 +136,14 @@ def _cpu_by_process() -> dict[int, tuple[int, str, float]]:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
         found[int(name)] = (int(fields[1]), cmdline, (int(fields[11]) + int(fields[12])) / tick)
     return found
 
 
-def _others_cpu(before: dict[int, tuple[int, str, float]], after: dict[int, tuple[int, str, float]],
-                dbname: str) -> float:
+def _others_cpu(
+    before: dict[int, tuple[int, str, float]], after: dict[int, tuple[int, str, float]], dbname: str
+) -> float:
     """CPU seconds used between the two snapshots by processes that are not this bench: not us or
     our workers, not a PostgreSQL backend of the scratch database, not PostgreSQL's shared ones."""
     ours = {os.getpid()}

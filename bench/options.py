@@ -1,10 +1,10 @@
 """What the bench measures and how much, and the names its processes share."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from doctorjob.exceptions import DoctorJobError
-
 
 NOOP = "doctorjob.bench.noop"
 PROBE = "doctorjob.bench.probe"
@@ -16,11 +16,11 @@ SCRATCH_MARK = "doctorjob bench scratch database (safe to drop)"
 OLD_SCRATCH_MARKS = ("doctorjob bench_jobs scratch database (safe to drop)",)
 PROBE_FILE_ENV = "DOCTORJOB_BENCH_PROBE_FILE"
 CONNINFO_ENV = "DOCTORJOB_BENCH_CONNINFO"
-POLL_EVERY = 0.02      # how often the queue is counted during a drain
-PROBE_SPACING = 0.02   # latency probes are enqueued on this fixed schedule
-DRAIN_CAP = 600.0      # a drain still running after this is stopped and reported as capped
+POLL_EVERY = 0.02  # how often the queue is counted during a drain
+PROBE_SPACING = 0.02  # latency probes are enqueued on this fixed schedule
+DRAIN_CAP = 600.0  # a drain still running after this is stopped and reported as capped
 RAW_BATCH = 100
-RAW_IDLE = 0.01        # the raw drain loop's sleep when it finds nothing
+RAW_IDLE = 0.01  # the raw drain loop's sleep when it finds nothing
 
 # Smaller counts for a smoke run of under a minute; explicit options still win.
 QUICK = {"jobs": 2_000, "enqueue_jobs": 300, "bulk_jobs": 5_000, "probes": 30, "memory_jobs": (1_000, 5_000)}

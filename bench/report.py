@@ -1,11 +1,12 @@
 """The terminal report."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-
 # -- the report ------------------------------------------------------------------------------------
+
 
 def format_report(report: dict[str, Any]) -> str:
     """The terminal table: header, throughput, latency, memory."""
@@ -35,45 +36,67 @@ def format_report(report: dict[str, Any]) -> str:
     def rate(key: str) -> float | None:
         return results[key]["rate"] if key in results else None
 
-    rows = [("enqueue() one job per transaction, {:,} jobs".format(options["enqueue_jobs"]),
-             "enqueue/doctorjob", "enqueue/raw"),
-            ("  the same with NOTIFY off", "enqueue/doctorjob-no-notify", "enqueue/raw"),
-            ("enqueue_many() {:,} jobs in one call".format(options["bulk_jobs"]), "bulk/doctorjob", "bulk/raw")]
-    rows += [(f"drain {options['jobs']:,} no-op jobs, {p} process{'es' if p > 1 else ''}",
-              f"drain/doctorjob/{p}", f"drain/raw/{p}") for p in options["processes"]]
+    rows = [
+        (
+            "enqueue() one job per transaction, {:,} jobs".format(options["enqueue_jobs"]),
+            "enqueue/doctorjob",
+            "enqueue/raw",
+        ),
+        ("  the same with NOTIFY off", "enqueue/doctorjob-no-notify", "enqueue/raw"),
+        ("enqueue_many() {:,} jobs in one call".format(options["bulk_jobs"]), "bulk/doctorjob", "bulk/raw"),
+    ]
+    rows += [
+        (
+            f"drain {options['jobs']:,} no-op jobs, {p} process{'es' if p > 1 else ''}",
+            f"drain/doctorjob/{p}",
+            f"drain/raw/{p}",
+        )
+        for p in options["processes"]
+    ]
     latency_title = f"latency enqueue→start, {options['probes']} probes 20 ms apart (ms)"
     width = max(len(latency_title), *(len(label) for label, *_ in rows)) + 2
-    lines.append(f"{'throughput (jobs/s)':<{width}}{'doctorjob':>11}{'raw SQL':>11}{'ratio':>8}"
-                 f"{'others CPU':>12}")
+    lines.append(f"{'throughput (jobs/s)':<{width}}{'doctorjob':>11}{'raw SQL':>11}{'ratio':>8}{'others CPU':>12}")
     for label, ours, raw in rows:
         a, b = rate(ours), rate(raw)
         noise = max(others.get(ours, 0), others.get(raw, 0))
         capped = " (capped)" if results.get(ours, {}).get("capped") else ""
-        lines.append(f"{label:<{width}}{_num(a):>11}{_num(b):>11}"
-                     f"{(f'{a / b:.2f}x' if a and b else '-'):>8}{noise:>11.0%}{capped}")
+        lines.append(
+            f"{label:<{width}}{_num(a):>11}{_num(b):>11}"
+            f"{(f'{a / b:.2f}x' if a and b else '-'):>8}{noise:>11.0%}{capped}"
+        )
     lines.append("")
 
     poll = env["poll_interval"]
     lines.append(f"{latency_title:<{width}}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>9}{'others CPU':>12}")
-    for key, label in (("latency/doctorjob/notify", "doctorjob, NOTIFY"),
-                       ("latency/raw/notify", "raw SQL, LISTEN/NOTIFY"),
-                       ("latency/doctorjob/poll", f"doctorjob, NOTIFY off (poll {poll:g} s)"),
-                       ("latency/raw/poll", f"raw SQL, polling every {poll:g} s")):
+    for key, label in (
+        ("latency/doctorjob/notify", "doctorjob, NOTIFY"),
+        ("latency/raw/notify", "raw SQL, LISTEN/NOTIFY"),
+        ("latency/doctorjob/poll", f"doctorjob, NOTIFY off (poll {poll:g} s)"),
+        ("latency/raw/poll", f"raw SQL, polling every {poll:g} s"),
+    ):
         if key in results:
             r = results[key]
-            lines.append(f"{label:<{width}}{r['p50_ms']:>8.1f}{r['p95_ms']:>8.1f}{r['p99_ms']:>8.1f}"
-                         f"{r['max_ms']:>9.1f}{others[key]:>12.0%}")
+            lines.append(
+                f"{label:<{width}}{r['p50_ms']:>8.1f}{r['p95_ms']:>8.1f}{r['p99_ms']:>8.1f}"
+                f"{r['max_ms']:>9.1f}{others[key]:>12.0%}"
+            )
     if "memory" in results:
         m = results["memory"]
         growth = f"{m['growth_pct']:+.1f}%" if m["growth_pct"] is not None else "n/a"
-        lines += ["", f"worker memory (VmRSS of one run_jobs process): idle {_mib(m['idle_kib'])}, after "
-                  f"{m['small']:,} jobs {_mib(m['after_small_kib'])}, after {m['large']:,} jobs "
-                  f"{_mib(m['after_large_kib'])} ({growth} from {m['small']:,} to {m['large']:,}; others CPU "
-                  f"{others['memory']:.0%})"]
+        lines += [
+            "",
+            f"worker memory (VmRSS of one run_jobs process): idle {_mib(m['idle_kib'])}, after "
+            f"{m['small']:,} jobs {_mib(m['after_small_kib'])}, after {m['large']:,} jobs "
+            f"{_mib(m['after_large_kib'])} ({growth} from {m['small']:,} to {m['large']:,}; others CPU "
+            f"{others['memory']:.0%})",
+        ]
     noisy = [key for key, share in others.items() if share > 0.10]
     if noisy:
-        lines += ["", f"note: other processes used more than 10% of the machine during {len(noisy)} measure(s) "
-                  f"({', '.join(noisy)}): those numbers are noisy"]
+        lines += [
+            "",
+            f"note: other processes used more than 10% of the machine during {len(noisy)} measure(s) "
+            f"({', '.join(noisy)}): those numbers are noisy",
+        ]
     lines += [f"note: {note}" for note in report["notes"]]
     return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 """Taking the measures: enqueue, bulk enqueue, drains, latency and memory, for doctorjob and the
 raw baseline, each repeated and reduced to medians."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,17 @@ from typing import Any
 
 from .machine import _cpu_by_process, _cpus, _loadavg, _others_cpu, _rss_kib, environment
 from .options import (
-    CONNINFO_ENV, DRAIN_CAP, NOOP, POLL_EVERY, PROBE, PROBE_FILE_ENV, PROBE_SPACING, RAW_BATCH, RAW_IDLE,
-    BenchmarkError, Options,
+    CONNINFO_ENV,
+    DRAIN_CAP,
+    NOOP,
+    POLL_EVERY,
+    PROBE,
+    PROBE_FILE_ENV,
+    PROBE_SPACING,
+    RAW_BATCH,
+    RAW_IDLE,
+    BenchmarkError,
+    Options,
 )
 from .report import _mib
 from .scratch import ScratchDatabase
@@ -28,6 +38,7 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the fo
 
 
 # -- measuring -----------------------------------------------------------------------------------
+
 
 def run(options: Options, progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """Create the scratch database, take every measure ``options.reps`` times, drop it; return
@@ -43,16 +54,19 @@ def run(options: Options, progress: Callable[[str], None] = lambda message: None
     if source not in connections:
         raise BenchmarkError(f"unknown database alias '{source}'")
     if connections[source].vendor != "postgresql":
-        raise BenchmarkError(f"the bench runs on PostgreSQL only; database alias '{source}' is "
-                             f"{connections[source].vendor}")
+        raise BenchmarkError(
+            f"the bench runs on PostgreSQL only; database alias '{source}' is {connections[source].vendor}"
+        )
     try:
         import psycopg  # noqa: F401
     except ImportError:
         raise BenchmarkError("the bench needs psycopg 3 (pip install 'psycopg[binary]')") from None
     settings_module = django_settings.SETTINGS_MODULE  # override_settings() below hides it
     if not settings_module:
-        raise BenchmarkError("the bench starts worker processes, which need a settings module "
-                             "(--settings or DJANGO_SETTINGS_MODULE), not settings.configure()")
+        raise BenchmarkError(
+            "the bench starts worker processes, which need a settings module "
+            "(--settings or DJANGO_SETTINGS_MODULE), not settings.configure()"
+        )
     register_jobs()
     db = ScratchDatabase(source)
     started = time.time()
@@ -64,8 +78,10 @@ def run(options: Options, progress: Callable[[str], None] = lambda message: None
         # Enqueue is measured in autocommit, one job per transaction, whatever the project requires;
         # DEBUG off as in production (its query log would be measured, and would grow the worker).
         bench_settings = {**getattr(django_settings, "DOCTORJOB", {}), "REQUIRE_TRANSACTION": False}
-        with override_settings(DEBUG=False, DOCTORJOB=bench_settings), \
-                tempfile.TemporaryDirectory(prefix="doctorjob-bench-") as workdir:
+        with (
+            override_settings(DEBUG=False, DOCTORJOB=bench_settings),
+            tempfile.TemporaryDirectory(prefix="doctorjob-bench-") as workdir,
+        ):
             bench = _Bench(options, db, workdir, settings_module, settings.POLL_INTERVAL, progress)
             try:
                 report = bench.run()
@@ -80,8 +96,15 @@ def run(options: Options, progress: Callable[[str], None] = lambda message: None
 
 
 class _Bench:
-    def __init__(self, options: Options, db: ScratchDatabase, workdir: str, settings_module: str,
-                 default_poll: float, progress: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        options: Options,
+        db: ScratchDatabase,
+        workdir: str,
+        settings_module: str,
+        default_poll: float,
+        progress: Callable[[str], None],
+    ) -> None:
         import psycopg
         from django.db import connections
 
@@ -229,8 +252,9 @@ class _Bench:
             self._stop(procs)
         result = {"jobs": n, "processes": processes, "gross_seconds": now - spawned, "capped": capped}
         if first is not None and now > first[0]:
-            result.update(seconds=now - first[0], rate=(first[1] - left) / (now - first[0]),
-                          startup_seconds=first[0] - spawned)
+            result.update(
+                seconds=now - first[0], rate=(first[1] - left) / (now - first[0]), startup_seconds=first[0] - spawned
+            )
         else:  # drained between two polls: only the gross figure (start-up included) is known
             result.update(rate=(n - left) / (now - spawned), gross_only=True)
         return result
@@ -259,8 +283,14 @@ class _Bench:
             self._stop(procs)
         with open(path) as f:
             ms = sorted(float(line) * 1000 for line in f if line.strip())
-        return {"probes": n, "p50_ms": _percentile(ms, 50), "p95_ms": _percentile(ms, 95),
-                "p99_ms": _percentile(ms, 99), "max_ms": ms[-1], "poll_interval": None if notify else self.poll}
+        return {
+            "probes": n,
+            "p50_ms": _percentile(ms, 50),
+            "p95_ms": _percentile(ms, 95),
+            "p99_ms": _percentile(ms, 99),
+            "max_ms": ms[-1],
+            "poll_interval": None if notify else self.poll,
+        }
 
     def memory(self) -> dict[str, Any]:
         """VmRSS of one run_jobs process after ``small`` drained jobs and after ``large`` in total."""
@@ -285,8 +315,14 @@ class _Bench:
         growth = None
         if after_small and after_large:
             growth = 100.0 * (after_large - after_small) / after_small
-        return {"small": small, "large": large, "idle_kib": idle, "after_small_kib": after_small,
-                "after_large_kib": after_large, "growth_pct": growth}
+        return {
+            "small": small,
+            "large": large,
+            "idle_kib": idle,
+            "after_small_kib": after_small,
+            "after_large_kib": after_large,
+            "growth_pct": growth,
+        }
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -318,8 +354,7 @@ class _Bench:
     def _remaining(self, system: str) -> int:
         """Queued plus running jobs: a job leaves the count only once its completion is recorded."""
         table = RAW_TABLE if system == "raw" else self.job_table
-        return self.monitor.execute(
-            f"SELECT count(*) FROM {table} WHERE status IN ('queued', 'running')").fetchone()[0]
+        return self.monitor.execute(f"SELECT count(*) FROM {table} WHERE status IN ('queued', 'running')").fetchone()[0]
 
     @contextmanager
     def _notify(self, notify: bool) -> Iterator[None]:
@@ -338,6 +373,7 @@ class _Bench:
 
             statement = RAW_INSERT_NOTIFY if notify else RAW_INSERT
             with psycopg.connect(**self.db.params, autocommit=True) as conn:
+
                 def send_raw() -> None:
                     conn.execute(statement, (Jsonb({"t": time.time()}),))
 
@@ -350,8 +386,16 @@ class _Bench:
 
             yield send
 
-    def _start(self, system: str, count: int, *, notify: bool = True, listen: bool = False,
-               idle: float = RAW_IDLE, probe_file: str | None = None) -> list[subprocess.Popen]:
+    def _start(
+        self,
+        system: str,
+        count: int,
+        *,
+        notify: bool = True,
+        listen: bool = False,
+        idle: float = RAW_IDLE,
+        probe_file: str | None = None,
+    ) -> list[subprocess.Popen]:
         """Start ``count`` worker processes of ``system``; their output goes to log files."""
         from psycopg.conninfo import make_conninfo
 
@@ -367,16 +411,26 @@ class _Bench:
             command += ["raw-worker", "--batch", str(RAW_BATCH), "--idle", str(idle)]
             command += ["--listen"] if listen else []
         else:
-            command += ["worker", "--settings", self.settings_module, "--source", self.db.source,
-                        "--dbname", self.db.name, "--run-jobs-args", json.dumps(list(self.options.run_jobs_args))]
+            command += [
+                "worker",
+                "--settings",
+                self.settings_module,
+                "--source",
+                self.db.source,
+                "--dbname",
+                self.db.name,
+                "--run-jobs-args",
+                json.dumps(list(self.options.run_jobs_args)),
+            ]
             command += [] if notify else ["--no-notify"]
         procs = []
         for _ in range(count):
             self._spawned += 1
             log = os.path.join(self.workdir, f"{system}-{self._spawned}.log")
             with open(log, "wb") as out:
-                proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+                proc = subprocess.Popen(
+                    command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                )
             self.logs[proc.pid] = log
             procs.append(proc)
         return procs
@@ -399,11 +453,11 @@ class _Bench:
             if proc.poll() is not None:
                 with open(self.logs[proc.pid], errors="replace") as f:
                     tail = "".join(f.readlines()[-15:])
-                raise BenchmarkError(f"a worker process exited early (code {proc.returncode}); "
-                                     f"its output ends with:\n{tail}")
+                raise BenchmarkError(
+                    f"a worker process exited early (code {proc.returncode}); its output ends with:\n{tail}"
+                )
 
-    def _wait(self, done: Callable[[], bool], procs: Sequence[subprocess.Popen], timeout: float,
-              what: str) -> None:
+    def _wait(self, done: Callable[[], bool], procs: Sequence[subprocess.Popen], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not done():
             self._check_alive(procs)
@@ -418,6 +472,7 @@ class _Bench:
 
 # -- statistics ----------------------------------------------------------------------------------
 
+
 def _percentile(ordered: Sequence[float], p: float) -> float:
     """Nearest-rank percentile of sorted values, as the peer harness computes it."""
     if not ordered:
@@ -428,7 +483,7 @@ def _percentile(ordered: Sequence[float], p: float) -> float:
 def _median_of(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Median of every numeric field over the repetitions; other fields from the first one."""
     merged = dict(results[0])
-    for key, value in merged.items():
+    for key in merged:
         values = [r.get(key) for r in results]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             merged[key] = statistics.median(values)

@@ -1,4 +1,5 @@
 """The scratch database the bench creates on the project's server and drops at the end."""
+
 from __future__ import annotations
 
 import copy
@@ -7,8 +8,8 @@ from typing import Any
 
 from .options import OLD_SCRATCH_MARKS, SCRATCH_ALIAS, SCRATCH_MARK, BenchmarkError
 
-
 # -- the scratch database ------------------------------------------------------------------------
+
 
 def add_scratch_alias(source: str, dbname: str) -> str:
     """Register SCRATCH_ALIAS: the ``source`` alias' settings (CONN_MAX_AGE included) on ``dbname``."""
@@ -46,8 +47,8 @@ class ScratchDatabase:
     def create(self) -> None:
         """Create and migrate the scratch database; refuse to reuse a database that is not ours."""
         import psycopg
-        from psycopg import sql
         from django.core.management import call_command
+        from psycopg import sql
 
         params = libpq_params(self.source)
         for maintenance_db in ("postgres", "template1"):
@@ -66,16 +67,19 @@ class ScratchDatabase:
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (self.name,)
         ).fetchone()
         if mark is not None and mark[0] not in (SCRATCH_MARK, *OLD_SCRATCH_MARKS):
-            raise BenchmarkError(f"a database named '{self.name}' already exists and was not created by "
-                                 "the bench; drop or rename it to run the benchmark")
+            raise BenchmarkError(
+                f"a database named '{self.name}' already exists and was not created by "
+                "the bench; drop or rename it to run the benchmark"
+            )
         ident = sql.Identifier(self.name)
         if mark is not None:  # left over by an interrupted run
             self._drop()
         try:
             self._admin.execute(sql.SQL("CREATE DATABASE {}").format(ident))
         except psycopg.Error as exc:
-            raise BenchmarkError(f"cannot create the scratch database '{self.name}' (the user needs "
-                                 f"CREATEDB): {exc}") from exc
+            raise BenchmarkError(
+                f"cannot create the scratch database '{self.name}' (the user needs CREATEDB): {exc}"
+            ) from exc
         self._created = True
         self._admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident, sql.Literal(SCRATCH_MARK)))
         add_scratch_alias(self.source, self.name)
@@ -85,8 +89,10 @@ class ScratchDatabase:
         with psycopg.connect(**self.params, autocommit=True) as conn:
             found = conn.execute("SELECT to_regclass(%s)", (Job._meta.db_table,)).fetchone()[0]
         if found is None:
-            raise BenchmarkError(f"migrate did not create doctorjob's tables in '{self.name}': does a "
-                                 "database router keep doctorjob off new aliases?")
+            raise BenchmarkError(
+                f"migrate did not create doctorjob's tables in '{self.name}': does a "
+                "database router keep doctorjob off new aliases?"
+            )
 
     @property
     def params(self) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The bench's worker processes: doctorjob's ``run_jobs`` on the scratch database, and the raw
 psycopg loop of the baseline on its plain table, both started as ``python -m bench worker|raw-worker``."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,13 +10,12 @@ import os
 import signal
 import threading
 import time
-from datetime import timedelta
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from .options import CONNINFO_ENV, NOOP, PROBE, PROBE_FILE_ENV, PROG, RAW_BATCH, RAW_IDLE
 from .scratch import add_scratch_alias
-
 
 # -- job handlers (registered by register_jobs(), never at import) -------------------------------
 
@@ -57,8 +57,10 @@ CREATE INDEX {RAW_TABLE}_queued ON {RAW_TABLE} (id) WHERE status = 'queued'
 """
 RAW_INSERT = f"INSERT INTO {RAW_TABLE} (payload) VALUES (%s)"
 # The same single-statement shape doctorjob uses: the NOTIFY is delivered at commit.
-RAW_INSERT_NOTIFY = (f"WITH ins AS (INSERT INTO {RAW_TABLE} (payload) VALUES (%s) RETURNING id) "
-                     f"SELECT pg_notify('{RAW_CHANNEL}', '') FROM ins")
+RAW_INSERT_NOTIFY = (
+    f"WITH ins AS (INSERT INTO {RAW_TABLE} (payload) VALUES (%s) RETURNING id) "
+    f"SELECT pg_notify('{RAW_CHANNEL}', '') FROM ins"
+)
 RAW_INSERT_MANY = f"INSERT INTO {RAW_TABLE} (payload) SELECT unnest(%s::jsonb[])"
 RAW_CLAIM = f"""
 UPDATE {RAW_TABLE} SET status = 'running'
@@ -93,8 +95,9 @@ def raw_worker(*, batch: int, idle: float, listen: bool) -> None:
                 time.sleep(idle)
 
 
-def doctorjob_worker(*, source: str, dbname: str, notify: bool, run_jobs_args: Sequence[str],
-                     keep_succeeded: float | None = None) -> None:
+def doctorjob_worker(
+    *, source: str, dbname: str, notify: bool, run_jobs_args: Sequence[str], keep_succeeded: float | None = None
+) -> None:
     """Run the real ``run_jobs`` command on the scratch database (Django is set up already)."""
     from django.conf import settings as django_settings
     from django.core.management import call_command
@@ -115,10 +118,14 @@ def doctorjob_worker(*, source: str, dbname: str, notify: bool, run_jobs_args: S
 
 # -- entry point of the worker processes -----------------------------------------------------------
 
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m bench worker|raw-worker``: one worker process of the bench."""
-    parser = argparse.ArgumentParser(prog=PROG, description="One worker process of the bench, started by "
-                                     "the bench itself; run the bench with: " + PROG + " [options]")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="One worker process of the bench, started by "
+        "the bench itself; run the bench with: " + PROG + " [options]",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="doctorjob's run_jobs on the scratch database")
     worker.add_argument("--settings", required=True, help="the project's settings module")
@@ -127,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     worker.add_argument("--no-notify", dest="notify", action="store_false")
     worker.add_argument("--run-jobs-args", default="[]", help="JSON list of run_jobs arguments")
     worker.add_argument("--keep-succeeded", type=float, help="KEEP_SUCCEEDED in seconds")
-    raw = commands.add_parser("raw-worker", help="the raw psycopg loop ($%s)" % CONNINFO_ENV)
+    raw = commands.add_parser("raw-worker", help=f"the raw psycopg loop (${CONNINFO_ENV})")
     raw.add_argument("--batch", type=int, default=RAW_BATCH)
     raw.add_argument("--idle", type=float, default=RAW_IDLE)
     raw.add_argument("--listen", action="store_true")
@@ -140,8 +147,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     import django
 
     django.setup()
-    doctorjob_worker(source=args.source, dbname=args.dbname, notify=args.notify,
-                     run_jobs_args=json.loads(args.run_jobs_args), keep_succeeded=args.keep_succeeded)
+    doctorjob_worker(
+        source=args.source,
+        dbname=args.dbname,
+        notify=args.notify,
+        run_jobs_args=json.loads(args.run_jobs_args),
+        keep_succeeded=args.keep_succeeded,
+    )
 
 
 def _exit_with_parent() -> None:

@@ -3,6 +3,7 @@
 Jobs are rows written in the caller's own transaction, so they commit with the data they
 refer to or not at all; ``manage.py run_jobs`` drains them.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

@@ -1,5 +1,6 @@
 """A read-only admin for jobs and dead letters whose state changes are explicit POST actions:
 retry and cancel jobs, requeue dead letters (optionally with a corrected payload)."""
+
 from __future__ import annotations
 
 import json
@@ -117,16 +118,26 @@ class JobAdmin(ReadOnlyAdmin):
         """Queue the selected dead or cancelled jobs to run now."""
         selected = list(queryset.only("pk"))
         retried = operations.retry(selected)
-        self._report(request, f"Queued {_plural(retried, 'job')} to run now", retried,
-                     skipped=len(selected) - retried, because="not dead or cancelled, or whose dead letter was already requeued")
+        self._report(
+            request,
+            f"Queued {_plural(retried, 'job')} to run now",
+            retried,
+            skipped=len(selected) - retried,
+            because="not dead or cancelled, or whose dead letter was already requeued",
+        )
 
     @admin.action(permissions=["change"], description="Cancel selected queued jobs")
     def cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         """Cancel the selected queued jobs so they never run."""
         selected = list(queryset.only("pk"))
         cancelled = operations.cancel(selected)
-        self._report(request, f"Cancelled {_plural(cancelled, 'job')}", cancelled,
-                     skipped=len(selected) - cancelled, because="not queued")
+        self._report(
+            request,
+            f"Cancelled {_plural(cancelled, 'job')}",
+            cancelled,
+            skipped=len(selected) - cancelled,
+            because="not queued",
+        )
 
     def _report(self, request: HttpRequest, message: str, changed: int, *, skipped: int, because: str) -> None:
         if skipped:
@@ -171,8 +182,16 @@ class RequeueForm(forms.Form):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(ReadOnlyAdmin):
-    list_display = ("id", "name", "queue", "attempts", "error_summary", "created_at", "requeued_at",
-                    "requeued_job_link")
+    list_display = (
+        "id",
+        "name",
+        "queue",
+        "attempts",
+        "error_summary",
+        "created_at",
+        "requeued_at",
+        "requeued_job_link",
+    )
     list_filter = (RequeuedFilter, "queue", "name")
     search_fields = ("name", "error")
     ordering = ("-id",)
@@ -218,8 +237,11 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     def get_urls(self) -> list:
         info = self.opts.app_label, self.opts.model_name
         return [
-            path("<path:object_id>/requeue/", self.admin_site.admin_view(self.requeue_view),
-                 name="%s_%s_requeue" % info),
+            path(
+                "<path:object_id>/requeue/",
+                self.admin_site.admin_view(self.requeue_view),
+                name="{}_{}_requeue".format(*info),
+            ),
             *super().get_urls(),
         ]
 
@@ -253,8 +275,9 @@ class DeadLetterAdmin(ReadOnlyAdmin):
             return HttpResponseNotAllowed(["POST"])
         if letter is None:
             raise Http404(f"There is no dead letter with id {object_id!r}.")
-        change_url = reverse("admin:doctorjob_deadletter_change", args=[quote(letter.pk)],
-                             current_app=self.admin_site.name)
+        change_url = reverse(
+            "admin:doctorjob_deadletter_change", args=[quote(letter.pk)], current_app=self.admin_site.name
+        )
         if letter.requeued_at is not None:
             self.message_user(request, self._already_requeued(letter), messages.ERROR)
             return HttpResponseRedirect(change_url)
@@ -269,35 +292,45 @@ class DeadLetterAdmin(ReadOnlyAdmin):
             else:
                 self.log_change(request, letter, f"Requeued as job #{job.pk}.")
                 job_url = reverse("admin:doctorjob_job_change", args=[job.pk], current_app=self.admin_site.name)
-                self.message_user(request, format_html(
-                    'Requeued dead letter #{} as <a href="{}">job #{}</a>.', letter.pk, job_url, job.pk))
+                self.message_user(
+                    request,
+                    format_html('Requeued dead letter #{} as <a href="{}">job #{}</a>.', letter.pk, job_url, job.pk),
+                )
                 return HttpResponseRedirect(change_url)
         request.current_app = self.admin_site.name
-        return TemplateResponse(request, self.requeue_template, {
-            **self.admin_site.each_context(request),
-            "title": f"Requeue {letter}",
-            "opts": self.opts,
-            "original": letter,
-            "has_view_permission": True,
-            "requeue_form": form,
-            "requeue_url": request.path,
-        })
+        return TemplateResponse(
+            request,
+            self.requeue_template,
+            {
+                **self.admin_site.each_context(request),
+                "title": f"Requeue {letter}",
+                "opts": self.opts,
+                "original": letter,
+                "has_view_permission": True,
+                "requeue_form": form,
+                "requeue_url": request.path,
+            },
+        )
 
-    def render_change_form(self, request: HttpRequest, context: dict, *args: Any, obj: Any = None,
-                           **kwargs: Any) -> HttpResponse:
+    def render_change_form(
+        self, request: HttpRequest, context: dict, *args: Any, obj: Any = None, **kwargs: Any
+    ) -> HttpResponse:
         if obj is not None and self.has_requeue_permission(request, obj):
             if obj.requeued_at is None:
                 context["requeue_form"] = RequeueForm(dead_letter=obj)
-                context["requeue_url"] = reverse("admin:doctorjob_deadletter_requeue", args=[quote(obj.pk)],
-                                                 current_app=self.admin_site.name)
+                context["requeue_url"] = reverse(
+                    "admin:doctorjob_deadletter_requeue", args=[quote(obj.pk)], current_app=self.admin_site.name
+                )
             else:
                 context["requeue_refusal"] = self._already_requeued(obj)
         return super().render_change_form(request, context, *args, obj=obj, **kwargs)
 
     @staticmethod
     def _already_requeued(letter: DeadLetter) -> str:
-        return (f"Dead letter #{letter.pk} was already requeued (as job #{letter.requeued_job_id}); "
-                "it cannot be requeued again.")
+        return (
+            f"Dead letter #{letter.pk} was already requeued (as job #{letter.requeued_job_id}); "
+            "it cannot be requeued again."
+        )
 
 
 class JobVersionInline(admin.TabularInline):
@@ -321,9 +354,28 @@ class JobDefinitionAdmin(ReadOnlyAdmin):
     ordering = ("name",)
     actions = ("run_now", "pause", "resume")
     inlines = (JobVersionInline,)
-    fieldsets = ((None, {"fields": ("name", "queue", "version", "min_version", "schedule", "scheduled_since",
-                                    "last_tick", "paused", "retired", "options", "payload", "created_at",
-                                    "updated_at")}),)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "name",
+                    "queue",
+                    "version",
+                    "min_version",
+                    "schedule",
+                    "scheduled_since",
+                    "last_tick",
+                    "paused",
+                    "retired",
+                    "options",
+                    "payload",
+                    "created_at",
+                    "updated_at",
+                )
+            },
+        ),
+    )
 
     def has_run_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         opts = self.opts
@@ -340,8 +392,11 @@ class JobDefinitionAdmin(ReadOnlyAdmin):
             except DoctorJobError as exc:
                 failed.append(f"{definition.name}: {exc}")
         if done:
-            self.message_user(request, f"Enqueued {_plural(len(done), 'job')}: "
-                              + ", ".join(f"#{j.pk} {j.name}" for j in done) + ".", messages.SUCCESS)
+            self.message_user(
+                request,
+                f"Enqueued {_plural(len(done), 'job')}: " + ", ".join(f"#{j.pk} {j.name}" for j in done) + ".",
+                messages.SUCCESS,
+            )
         for problem in failed:
             self.message_user(request, problem, messages.ERROR)
 

@@ -8,8 +8,10 @@ class DoctorJobConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
-        from . import signal_handlers
+        from . import (
+            checks,  # noqa: F401  (registers the system checks)
+            signal_handlers,
+        )
 
         signal_handlers.connect()
 

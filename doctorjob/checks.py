@@ -1,4 +1,5 @@
 """System checks: a malformed DOCTORJOB setting is reported at start-up, not at 3 a.m."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -9,15 +10,18 @@ from django.core import checks
 
 from .conf import DEFAULTS, MAX_KEEP_SUCCEEDED, out_of_range
 
-
 _RULES = {
     "REQUIRE_TRANSACTION": (lambda v: isinstance(v, bool), "True or False"),
-    "KEEP_SUCCEEDED": (lambda v: isinstance(v, timedelta) and timedelta(0) <= v <= MAX_KEEP_SUCCEEDED,
-                       "a timedelta from 0 to 3650 days"),
+    "KEEP_SUCCEEDED": (
+        lambda v: isinstance(v, timedelta) and timedelta(0) <= v <= MAX_KEEP_SUCCEEDED,
+        "a timedelta from 0 to 3650 days",
+    ),
     "BACKOFF": (lambda v: isinstance(v, dict), "a dict with base, factor, cap, jitter"),
     "NOTIFY": (lambda v: isinstance(v, bool), "True or False"),
-    "LISTEN_DATABASE": (lambda v: v is None or v is False or v in django_settings.DATABASES,
-                        "None, False or an alias in DATABASES"),
+    "LISTEN_DATABASE": (
+        lambda v: v is None or v is False or v in django_settings.DATABASES,
+        "None, False or an alias in DATABASES",
+    ),
     "PREPARE": (lambda v: v is None or isinstance(v, bool), "None, True or False"),
     "CONCURRENCY": (lambda v: not out_of_range("CONCURRENCY", v), "an integer from 1 to 1000"),
     "BATCH_SIZE": (lambda v: not out_of_range("BATCH_SIZE", v), "an integer from 1 to 10000"),
@@ -25,9 +29,14 @@ _RULES = {
     "LEASE": (lambda v: not out_of_range("LEASE", v), "a number of seconds from 3 to 86400"),
     "SHUTDOWN_TIMEOUT": (lambda v: not out_of_range("SHUTDOWN_TIMEOUT", v), "a number of seconds from 0 to 86400"),
     "JOBS": (lambda v: isinstance(v, dict), "a dict of job name -> overrides"),
-    "TIMEOUT": (lambda v: v is None or not out_of_range("TIMEOUT", v), "None or a number of seconds from 0.1 to 604800"),
-    "MAX_PAYLOAD_BYTES": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8 * 2**20,
-                          "an integer from 1 to 8 MiB (8388608), what every supported database accepts"),
+    "TIMEOUT": (
+        lambda v: v is None or not out_of_range("TIMEOUT", v),
+        "None or a number of seconds from 0.1 to 604800",
+    ),
+    "MAX_PAYLOAD_BYTES": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8 * 2**20,
+        "an integer from 1 to 8 MiB (8388608), what every supported database accepts",
+    ),
 }
 
 
@@ -39,23 +48,29 @@ def check_settings(app_configs=None, **kwargs: Any) -> list[checks.CheckMessage]
     errors: list[checks.CheckMessage] = []
     for key, item in value.items():
         if key not in DEFAULTS:
-            errors.append(checks.Error(
-                f"DOCTORJOB has an unknown key {key!r}",
-                hint="Known keys: " + ", ".join(sorted(DEFAULTS)), obj="settings.DOCTORJOB", id="doctorjob.E002",
-            ))
+            errors.append(
+                checks.Error(
+                    f"DOCTORJOB has an unknown key {key!r}",
+                    hint="Known keys: " + ", ".join(sorted(DEFAULTS)),
+                    obj="settings.DOCTORJOB",
+                    id="doctorjob.E002",
+                )
+            )
         elif not _RULES[key][0](item):
-            errors.append(checks.Error(
-                f"DOCTORJOB[{key!r}] must be {_RULES[key][1]}, got {item!r}",
-                obj="settings.DOCTORJOB", id="doctorjob.E003",
-            ))
+            errors.append(
+                checks.Error(
+                    f"DOCTORJOB[{key!r}] must be {_RULES[key][1]}, got {item!r}",
+                    obj="settings.DOCTORJOB",
+                    id="doctorjob.E003",
+                )
+            )
     if isinstance(value.get("BACKOFF"), dict):
         from .retry import make_backoff
 
         try:
             make_backoff(value["BACKOFF"], DEFAULTS["BACKOFF"])
         except (TypeError, ValueError) as exc:
-            errors.append(checks.Error(f"DOCTORJOB['BACKOFF']: {exc}", obj="settings.DOCTORJOB",
-                                       id="doctorjob.E004"))
+            errors.append(checks.Error(f"DOCTORJOB['BACKOFF']: {exc}", obj="settings.DOCTORJOB", id="doctorjob.E004"))
     return errors
 
 
@@ -77,16 +92,21 @@ def check_job_overrides(app_configs=None, **kwargs: Any) -> list[checks.CheckMes
     errors: list[checks.CheckMessage] = []
 
     def error(name: str, message: str, id: str, hint: str | None = None) -> None:
-        errors.append(checks.Error(f"DOCTORJOB['JOBS'][{name!r}]: {message}", hint=hint,
-                                   obj="settings.DOCTORJOB", id=id))
+        errors.append(
+            checks.Error(f"DOCTORJOB['JOBS'][{name!r}]: {message}", hint=hint, obj="settings.DOCTORJOB", id=id)
+        )
 
     for name, override in jobs.items():
         if name not in registry:
             import difflib
 
             close = difflib.get_close_matches(str(name), registry, n=3)
-            error(name, "no job is registered under that name", "doctorjob.E010",
-                  f"Did you mean {' or '.join(map(repr, close))}?" if close else None)
+            error(
+                name,
+                "no job is registered under that name",
+                "doctorjob.E010",
+                f"Did you mean {' or '.join(map(repr, close))}?" if close else None,
+            )
             continue
         if not isinstance(override, dict):
             error(name, f"must be a dict, got {override!r}", "doctorjob.E011")
@@ -114,17 +134,29 @@ def check_job_overrides(app_configs=None, **kwargs: Any) -> list[checks.CheckMes
             try:
                 registry[name].validate(registry[name].payload if registry[name].payload is not None else {})
             except InvalidPayload as exc:
-                error(name, f"the schedule's payload (the job's default) fails: {exc}", "doctorjob.E014",
-                      "Give the override a 'payload' the job's schema accepts.")
+                error(
+                    name,
+                    f"the schedule's payload (the job's default) fails: {exc}",
+                    "doctorjob.E014",
+                    "Give the override a 'payload' the job's schema accepts.",
+                )
         if "version" in override and not (
-            isinstance(override["version"], int) and not isinstance(override["version"], bool)
+            isinstance(override["version"], int)
+            and not isinstance(override["version"], bool)
             and 1 <= override["version"] < 2**31
         ):
-            error(name, f"bad 'version': must be an integer from 1 to 2147483647, got {override['version']!r}",
-                  "doctorjob.E015")
+            error(
+                name,
+                f"bad 'version': must be an integer from 1 to 2147483647, got {override['version']!r}",
+                "doctorjob.E015",
+            )
         elif "version" in override and override["version"] < registry[name].min_version:
-            error(name, f"bad 'version': {override['version']} is below the job's min_version "
-                  f"{registry[name].min_version}, so every job enqueued would be skipped", "doctorjob.E015")
+            error(
+                name,
+                f"bad 'version': {override['version']} is below the job's min_version "
+                f"{registry[name].min_version}, so every job enqueued would be skipped",
+                "doctorjob.E015",
+            )
         if "paused" in override and not isinstance(override["paused"], bool):
             error(name, f"bad 'paused': must be True or False, got {override['paused']!r}", "doctorjob.E016")
     return errors
@@ -145,8 +177,12 @@ def check_versions(app_configs=None, databases=None, **kwargs: Any) -> list[chec
         except DatabaseError:  # not migrated yet: nothing recorded to compare with
             continue
         warnings.extend(
-            checks.Warning(problem, hint="Increment the job's version (@job(version=...)) when its data "
-                           "or pattern changes.", obj="doctorjob", id="doctorjob.W001")
+            checks.Warning(
+                problem,
+                hint="Increment the job's version (@job(version=...)) when its data or pattern changes.",
+                obj="doctorjob",
+                id="doctorjob.W001",
+            )
             for problem in problems
         )
     return warnings
@@ -164,9 +200,13 @@ def check_overlap_support(app_configs=None, **kwargs: Any) -> list[checks.CheckM
     keyed = sorted(name for name, t in registry.items() if t.singleton or t.concurrency_key)
     vendor = connections[router.db_for_write(Job)].vendor
     if keyed and vendor == "mysql":
-        return [checks.Warning(
-            f"{', '.join(keyed)} use singleton or concurrency_key, which {vendor} cannot enforce "
-            "(it has no partial unique indexes): their runs may overlap",
-            hint="Use PostgreSQL or SQLite for jobs that must not overlap.", obj="doctorjob", id="doctorjob.W002",
-        )]
+        return [
+            checks.Warning(
+                f"{', '.join(keyed)} use singleton or concurrency_key, which {vendor} cannot enforce "
+                "(it has no partial unique indexes): their runs may overlap",
+                hint="Use PostgreSQL or SQLite for jobs that must not overlap.",
+                obj="doctorjob",
+                id="doctorjob.W002",
+            )
+        ]
     return []

@@ -1,4 +1,5 @@
 """doctorjob's settings: ``settings.DOCTORJOB`` merged over the defaults, read lazily."""
+
 from __future__ import annotations
 
 from datetime import timedelta

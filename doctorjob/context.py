@@ -1,11 +1,12 @@
 """The context object handed to handlers as their second argument."""
+
 from __future__ import annotations
 
 import logging
 import threading
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 logger = logging.getLogger("doctorjob")
@@ -65,7 +66,11 @@ def install_log_record_factory() -> None:
         if current is not None:
             ctx, version = current
             record.job_id, record.job_name, record.attempt, record.job_version = (
-                ctx.job_id, ctx.name, ctx.attempt, version)
+                ctx.job_id,
+                ctx.name,
+                ctx.attempt,
+                version,
+            )
         else:  # formatters using %(job_id)s work on every line
             record.job_id = record.job_name = record.attempt = record.job_version = None
         return record

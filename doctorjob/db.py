@@ -3,6 +3,7 @@ prepared once per connection, the jsonb loader, pooler detection, and the databa
 
 Importing it loads nothing that claims, renews or finishes jobs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -10,8 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .conf import settings
@@ -108,13 +108,14 @@ def missing_table(exc: BaseException) -> bool:
     """Whether a database error says that one of doctorjob's tables does not exist (PostgreSQL,
     SQLite and MySQL/MariaDB word it differently)."""
     text = str(exc)
-    return "doctorjob_" in text and any(
-        words in text for words in ("does not exist", "no such table", "doesn't exist"))
+    return "doctorjob_" in text and any(words in text for words in ("does not exist", "no such table", "doesn't exist"))
 
 
 def not_migrated(alias: str) -> str:
-    return (f"doctorjob's tables are missing from database '{alias}': run `python manage.py migrate` "
-            f"(with --database {alias} if it is not the default)")
+    return (
+        f"doctorjob's tables are missing from database '{alias}': run `python manage.py migrate` "
+        f"(with --database {alias} if it is not the default)"
+    )
 
 
 def close_quietly(alias: str) -> None:
@@ -142,6 +143,6 @@ def database_now(connection) -> datetime:
         cursor.execute(sql)
         now = cursor.fetchone()[0]
     if timezone.is_naive(now):
-        now = now.replace(tzinfo=dt_timezone.utc)
+        now = now.replace(tzinfo=UTC)
     # As timezone.now() gives it: aware in UTC with USE_TZ, naive local time without.
     return now if django_settings.USE_TZ else timezone.make_naive(now)

@@ -3,6 +3,7 @@
 ``sync()`` runs at every worker start and in ``manage.py sync_jobs``. Operations may override
 a definition without a code change through ``DOCTORJOB["JOBS"]``; those overrides win here.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -38,8 +39,11 @@ def declared(job_type: JobType) -> dict[str, Any]:
     """What the code alone declares for the job's version: its options, schedule and default
     payload. JobVersion records this, and W001 compares it, so operators' overrides never
     look like a code change."""
-    return {"options": job_type.options, "schedule": job_type.schedule or "",
-            "payload": job_type.payload if job_type.payload is not None else {}}
+    return {
+        "options": job_type.options,
+        "schedule": job_type.schedule or "",
+        "payload": job_type.payload if job_type.payload is not None else {},
+    }
 
 
 def sync(using: str | None = None) -> list[str]:
@@ -66,8 +70,12 @@ def _sync(alias: str) -> list[str]:
             row = rows.get(name)
             if row is None:
                 row = JobDefinition.objects.using(alias).create(
-                    name=name, paused=bool(paused), scheduled_since=now if want["schedule"] else None,
-                    created_at=now, updated_at=now, **want,
+                    name=name,
+                    paused=bool(paused),
+                    scheduled_since=now if want["schedule"] else None,
+                    created_at=now,
+                    updated_at=now,
+                    **want,
                 )
                 changes.append(f"added {name}")
             else:
@@ -85,7 +93,9 @@ def _sync(alias: str) -> list[str]:
                     row.save(using=alias, update_fields=[*changed, "updated_at"])
                     changes.append(f"changed {name}")
             JobVersion.objects.using(alias).get_or_create(
-                definition=row, number=want["version"], defaults={**declared(job_type), "first_seen": now},
+                definition=row,
+                number=want["version"],
+                defaults={**declared(job_type), "first_seen": now},
             )
         for queue in sorted({t.queue for t in registry.values()}):  # listed in the admin, to pause
             QueueState.objects.using(alias).get_or_create(name=queue)
@@ -102,7 +112,8 @@ def unversioned_changes(using: str | None = None) -> list[str]:
     alias = using or router.db_for_read(JobVersion)
     recorded = {
         (v.definition.name, v.number): v
-        for v in JobVersion.objects.using(alias).select_related("definition")
+        for v in JobVersion.objects.using(alias)
+        .select_related("definition")
         .filter(definition__name__in=list(registry))
     }
     problems = []
@@ -111,11 +122,15 @@ def unversioned_changes(using: str | None = None) -> list[str]:
         seen = recorded.get((name, version))
         if seen is None:
             continue
-        what = [label for label, a, b in (
-            ("options", seen.options, code["options"]),
-            ("schedule", seen.schedule, code["schedule"]),
-            ("default payload", seen.payload, code["payload"]),
-        ) if a != b]
+        what = [
+            label
+            for label, a, b in (
+                ("options", seen.options, code["options"]),
+                ("schedule", seen.schedule, code["schedule"]),
+                ("default payload", seen.payload, code["payload"]),
+            )
+            if a != b
+        ]
         if what:
             problems.append(
                 f"job '{name}': {' and '.join(what)} changed since version {version} was "

@@ -1,4 +1,5 @@
 """Errors doctorjob raises; catch `DoctorJobError` to handle them all."""
+
 from __future__ import annotations
 
 

@@ -8,6 +8,7 @@ here is the database server's (``statement_timestamp()``, or ``db.database_now()
 call), never the worker host's, so a host whose clock drifts runs nothing early or late and
 takes over no live lease.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,17 +27,33 @@ from .models import DeadLetter, Job, JobDefinition, JobExecution, Outcome, Queue
 from .signals import DEAD, RETRYING, SKIPPED, SUCCEEDED
 
 WORKER_LOST = "worker lost: its lease expired before the job finished"
-WORKER_DIED = ("worker lost while running this job: its process died (os._exit, a crash, or a signal such as "
-               "the OOM killer's SIGKILL)")
+WORKER_DIED = (
+    "worker lost while running this job: its process died (os._exit, a crash, or a signal such as "
+    "the OOM killer's SIGKILL)"
+)
 RELEASED = "released"  # returned to the queue at shutdown, the attempt not counted
 _CLAIM_RETRIES = 3
 
-_FIELDS = ("id", "name", "queue", "payload", "attempts", "max_attempts", "priority", "key", "created_at",
-           "version", "started_at", "run_at", "lease_expires_at", "concurrency_key", "error")
+_FIELDS = (
+    "id",
+    "name",
+    "queue",
+    "payload",
+    "attempts",
+    "max_attempts",
+    "priority",
+    "key",
+    "created_at",
+    "version",
+    "started_at",
+    "run_at",
+    "lease_expires_at",
+    "concurrency_key",
+    "error",
+)
 
 
-def _job(row: Sequence[Any], lease_id: uuid.UUID | None, worker: str, alias: str, status: str = Status.RUNNING
-         ) -> Job:
+def _job(row: Sequence[Any], lease_id: uuid.UUID | None, worker: str, alias: str, status: str = Status.RUNNING) -> Job:
     """The Job a claim returned, as the database holds it (a worker makes thousands a second)."""
     job = new_job(lease_id=lease_id, worker=worker, status=status)
     job.__dict__.update(zip(_FIELDS, row))
@@ -66,10 +83,14 @@ def _job(row: Sequence[Any], lease_id: uuid.UUID | None, worker: str, alias: str
 # jobs match and picks a bitmap scan and a sort of the whole runnable backlog, for every batch.
 # JIT is off too: the planner cannot tell how few rows it reads before the LIMIT is reached, its
 # cost estimate passes jit_above_cost, and compiling the statement took 50 ms of every claim.
-_CLAIM_PLANNER = ("SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true), "
-                  "set_config('jit', 'off', true)")
-_KEY_BUSY = ("EXISTS (SELECT 1 FROM doctorjob_job AS r WHERE r.concurrency_key = c.concurrency_key "
-             "AND r.concurrency_key IS NOT NULL AND r.status = 'running')")
+_CLAIM_PLANNER = (
+    "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true), "
+    "set_config('jit', 'off', true)"
+)
+_KEY_BUSY = (
+    "EXISTS (SELECT 1 FROM doctorjob_job AS r WHERE r.concurrency_key = c.concurrency_key "
+    "AND r.concurrency_key IS NOT NULL AND r.status = 'running')"
+)
 _CLAIM = f"""
 WITH picked AS (
     SELECT c.id, c.concurrency_key IS NOT NULL AND {_KEY_BUSY} AS busy
@@ -169,32 +190,55 @@ def _claim_portable(alias, worker, limit, lease, queues, skip_on_overlap, lease_
     jobs_ = Job.objects.using(alias)
     same_key = jobs_.filter(concurrency_key=OuterRef("concurrency_key"))
     busy = Exists(same_key.filter(status=Status.RUNNING))
-    ahead = Exists(same_key.filter(status=Status.QUEUED, run_at__lte=now).filter(
-        Q(priority__gt=OuterRef("priority"))
-        | Q(priority=OuterRef("priority"), run_at__lt=OuterRef("run_at"))
-        | Q(priority=OuterRef("priority"), run_at=OuterRef("run_at"), id__lt=OuterRef("id"))))
-    runnable = jobs_.filter(status=Status.QUEUED, run_at__lte=now).exclude(
-        name__in=JobDefinition.objects.using(alias).filter(paused=True).values("name")
-    ).exclude(queue__in=QueueState.objects.using(alias).filter(paused=True).values("name"))
+    ahead = Exists(
+        same_key.filter(status=Status.QUEUED, run_at__lte=now).filter(
+            Q(priority__gt=OuterRef("priority"))
+            | Q(priority=OuterRef("priority"), run_at__lt=OuterRef("run_at"))
+            | Q(priority=OuterRef("priority"), run_at=OuterRef("run_at"), id__lt=OuterRef("id"))
+        )
+    )
+    runnable = (
+        jobs_.filter(status=Status.QUEUED, run_at__lte=now)
+        .exclude(name__in=JobDefinition.objects.using(alias).filter(paused=True).values("name"))
+        .exclude(queue__in=QueueState.objects.using(alias).filter(paused=True).values("name"))
+    )
     if queues:
         runnable = runnable.filter(queue__in=queues)
     free = runnable.filter(Q(concurrency_key__isnull=True) | (~busy & ~ahead))
     overlapping = runnable.filter(busy, concurrency_key__isnull=False, name__in=list(skip_on_overlap))
     order = ("-priority", "run_at", "id")
-    changes = dict(status=Status.RUNNING, attempts=F("attempts") + 1, lease_id=lease_id, worker=worker,
-                   lease_expires_at=now + timedelta(seconds=lease), started_at=now, finished_at=None)
-    skip = dict(status=Status.SKIPPED, finished_at=now, error=Concat(
-        Value("skipped: another run holding concurrency key '"), F("concurrency_key"), Value("' was in progress")))
+    changes = dict(
+        status=Status.RUNNING,
+        attempts=F("attempts") + 1,
+        lease_id=lease_id,
+        worker=worker,
+        lease_expires_at=now + timedelta(seconds=lease),
+        started_at=now,
+        finished_at=None,
+    )
+    skip = dict(
+        status=Status.SKIPPED,
+        finished_at=now,
+        error=Concat(
+            Value("skipped: another run holding concurrency key '"), F("concurrency_key"), Value("' was in progress")
+        ),
+    )
     skipped_ids: list[int] = []
     if connection.features.has_select_for_update_skip_locked:
         # MySQL/MariaDB: SKIP LOCKED in a short transaction: read the ids, then mark them.
         with transaction.atomic(using=alias):
             if skip_on_overlap:
-                skipped_ids = list(overlapping.select_for_update(skip_locked=True).order_by(*order)
-                                   .values_list("id", flat=True)[:limit])
+                skipped_ids = list(
+                    overlapping.select_for_update(skip_locked=True)
+                    .order_by(*order)
+                    .values_list("id", flat=True)[:limit]
+                )
                 jobs_.filter(id__in=skipped_ids, status=Status.QUEUED).update(**skip)
-            ids = list(free.select_for_update(skip_locked=True).order_by(*order).values_list("id", flat=True)
-                       [:limit - len(skipped_ids)])
+            ids = list(
+                free.select_for_update(skip_locked=True)
+                .order_by(*order)
+                .values_list("id", flat=True)[: limit - len(skipped_ids)]
+            )
             jobs_.filter(id__in=ids, status=Status.QUEUED).update(**changes)
     else:
         # SQLite: each conditional UPDATE is atomic (writers are serialised) and reads its
@@ -203,12 +247,17 @@ def _claim_portable(alias, worker, limit, lease, queues, skip_on_overlap, lease_
         if skip_on_overlap:
             skipped_ids = list(overlapping.order_by(*order).values_list("id", flat=True)[:limit])
             jobs_.filter(id__in=skipped_ids, status=Status.QUEUED).update(**skip)
-        jobs_.filter(id__in=free.order_by(*order).values("id")[:limit - len(skipped_ids)],
-                     status=Status.QUEUED).update(**changes)
-    jobs = [_job(row, lease_id, worker, alias) for row in
-            jobs_.filter(lease_id=lease_id, status=Status.RUNNING).order_by(*order).values_list(*_FIELDS)]
-    skipped = [_job(row, None, "", alias, Status.SKIPPED) for row in
-               jobs_.filter(id__in=skipped_ids, status=Status.SKIPPED).values_list(*_FIELDS)]
+        jobs_.filter(
+            id__in=free.order_by(*order).values("id")[: limit - len(skipped_ids)], status=Status.QUEUED
+        ).update(**changes)
+    jobs = [
+        _job(row, lease_id, worker, alias)
+        for row in jobs_.filter(lease_id=lease_id, status=Status.RUNNING).order_by(*order).values_list(*_FIELDS)
+    ]
+    skipped = [
+        _job(row, None, "", alias, Status.SKIPPED)
+        for row in jobs_.filter(id__in=skipped_ids, status=Status.SKIPPED).values_list(*_FIELDS)
+    ]
     return Claim(jobs, skipped, len(jobs) + len(skipped))
 
 
@@ -224,12 +273,18 @@ def renew(alias: str, jobs: Iterable[Job], lease: float) -> int:
     connection = connections[alias]
     ids, lease_ids = [j.id for j in jobs], list({j.lease_id for j in jobs})
     if connection.vendor == "postgresql":
-        return execute(connection, "UPDATE doctorjob_job "
-                       "SET lease_expires_at = statement_timestamp() + make_interval(secs => %s) "
-                       "WHERE id = ANY(%s) AND lease_id = ANY(%s) AND status = 'running'",
-                       [float(lease), ids, lease_ids])
-    return Job.objects.using(alias).filter(id__in=ids, lease_id__in=lease_ids, status=Status.RUNNING).update(
-        lease_expires_at=database_now(connection) + timedelta(seconds=lease))
+        return execute(
+            connection,
+            "UPDATE doctorjob_job "
+            "SET lease_expires_at = statement_timestamp() + make_interval(secs => %s) "
+            "WHERE id = ANY(%s) AND lease_id = ANY(%s) AND status = 'running'",
+            [float(lease), ids, lease_ids],
+        )
+    return (
+        Job.objects.using(alias)
+        .filter(id__in=ids, lease_id__in=lease_ids, status=Status.RUNNING)
+        .update(lease_expires_at=database_now(connection) + timedelta(seconds=lease))
+    )
 
 
 # -- finish -------------------------------------------------------------------------------------
@@ -315,10 +370,19 @@ def finish(alias: str, items: Sequence[Finish]) -> list[Finish]:
     if connection.vendor != "postgresql":
         return _finish_portable(alias, items)
     results = [None if f.result is None else _to_json(f.result) for f in items]
-    params = [[f.job.id for f in items], [f.job.lease_id for f in items], [f.outcome for f in items],
-              _or_null(results), _or_null([f.error for f in items]), _or_null([f.traceback for f in items]),
-              _or_null([f.delay for f in items]), [f.duration for f in items], [f.worker for f in items],
-              _or_null([f.expired for f in items]), _or_null([f.lost for f in items])]
+    params = [
+        [f.job.id for f in items],
+        [f.job.lease_id for f in items],
+        [f.outcome for f in items],
+        _or_null(results),
+        _or_null([f.error for f in items]),
+        _or_null([f.traceback for f in items]),
+        _or_null([f.delay for f in items]),
+        [f.duration for f in items],
+        [f.worker for f in items],
+        _or_null([f.expired for f in items]),
+        _or_null([f.lost for f in items]),
+    ]
     # By id and lease: a late outcome of an earlier claim of the same job is not ours.
     stored = {(row[0], row[1]): row for row in execute(connection, _FINISH, params, prepare=True)}
     ours = []
@@ -368,8 +432,13 @@ def _finish_portable(alias: str, items: Sequence[Finish]) -> list[Finish]:
             else:
                 retry_later = f.outcome == RETRYING and not f.expired
                 run_at = now + timedelta(seconds=f.delay) if retry_later else job.run_at
-                changes = dict(status=Status.QUEUED if f.outcome == RETRYING else f.outcome, run_at=run_at,
-                               finished_at=now, error=f.error, traceback=f.traceback)
+                changes = dict(
+                    status=Status.QUEUED if f.outcome == RETRYING else f.outcome,
+                    run_at=run_at,
+                    finished_at=now,
+                    error=f.error,
+                    traceback=f.traceback,
+                )
                 if f.outcome == SUCCEEDED:
                     changes["result"] = f.result
                 stored = dict(run_at=run_at, finished_at=now)
@@ -380,18 +449,38 @@ def _finish_portable(alias: str, items: Sequence[Finish]) -> list[Finish]:
             _apply(f, **stored)
             ours.append(f)
             if f.outcome != RELEASED:
-                history.append(JobExecution(
-                    job_id=job.id, attempt=job.attempts, worker=f.worker, started_at=job.started_at,
-                    finished_at=now, outcome=Outcome.LOST if f.expired or f.lost else (
-                        f.outcome if f.outcome in (SUCCEEDED, SKIPPED) else Outcome.FAILED),
-                    duration=timedelta(seconds=f.duration) if f.duration is not None else (
-                        now - job.started_at if job.started_at else None),
-                    error=f.error))
+                history.append(
+                    JobExecution(
+                        job_id=job.id,
+                        attempt=job.attempts,
+                        worker=f.worker,
+                        started_at=job.started_at,
+                        finished_at=now,
+                        outcome=Outcome.LOST
+                        if f.expired or f.lost
+                        else (f.outcome if f.outcome in (SUCCEEDED, SKIPPED) else Outcome.FAILED),
+                        duration=timedelta(seconds=f.duration)
+                        if f.duration is not None
+                        else (now - job.started_at if job.started_at else None),
+                        error=f.error,
+                    )
+                )
             if f.outcome == DEAD:
-                letters.append(DeadLetter(
-                    job_id=job.id, name=job.name, queue=job.queue, payload=job.payload, priority=job.priority,
-                    attempts=job.attempts, max_attempts=job.max_attempts, key=job.key, error=f.error,
-                    traceback=f.traceback, created_at=now))
+                letters.append(
+                    DeadLetter(
+                        job_id=job.id,
+                        name=job.name,
+                        queue=job.queue,
+                        payload=job.payload,
+                        priority=job.priority,
+                        attempts=job.attempts,
+                        max_attempts=job.max_attempts,
+                        key=job.key,
+                        error=f.error,
+                        traceback=f.traceback,
+                        created_at=now,
+                    )
+                )
         JobExecution.objects.using(alias).bulk_create(history)
         DeadLetter.objects.using(alias).bulk_create(letters)
     return ours
@@ -402,19 +491,29 @@ def expired(alias: str, limit: int = 500) -> list[Job]:
     killed or cut off), oldest deadline first, for the sweep to finish as lost."""
     connection = connections[alias]
     if connection.vendor == "postgresql":
-        rows = execute(connection, f"SELECT {', '.join(_FIELDS)}, lease_id, worker FROM doctorjob_job "
-                       "WHERE status = 'running' AND lease_expires_at < statement_timestamp() "
-                       "ORDER BY lease_expires_at LIMIT %s",
-                       [limit])
+        rows = execute(
+            connection,
+            f"SELECT {', '.join(_FIELDS)}, lease_id, worker FROM doctorjob_job "
+            "WHERE status = 'running' AND lease_expires_at < statement_timestamp() "
+            "ORDER BY lease_expires_at LIMIT %s",
+            [limit],
+        )
     else:
-        rows = (Job.objects.using(alias)
-                .filter(status=Status.RUNNING, lease_expires_at__lt=database_now(connection))
-                .order_by("lease_expires_at").values_list(*_FIELDS, "lease_id", "worker")[:limit])
+        rows = (
+            Job.objects.using(alias)
+            .filter(status=Status.RUNNING, lease_expires_at__lt=database_now(connection))
+            .order_by("lease_expires_at")
+            .values_list(*_FIELDS, "lease_id", "worker")[:limit]
+        )
     return [_job(row[:-2], row[-2], row[-1], alias) for row in rows]
 
 
 def held_by(alias: str, worker: str) -> list[Job]:
     """Running jobs that ``worker`` claimed, for its watchdog to finish once its process died."""
-    rows = (Job.objects.using(alias).filter(status=Status.RUNNING, worker=worker)
-            .order_by("id").values_list(*_FIELDS, "lease_id"))
+    rows = (
+        Job.objects.using(alias)
+        .filter(status=Status.RUNNING, worker=worker)
+        .order_by("id")
+        .values_list(*_FIELDS, "lease_id")
+    )
     return [_job(row[:-1], row[-1], worker, alias) for row in rows]

@@ -10,6 +10,7 @@ safe should two workers ever overlap (a holder stalled past its lease): the swee
 on the expired lease, pruning deletes only what is due, and a tick is recorded on its
 definition in the transaction that enqueues it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,10 +68,19 @@ def sweep_expired(alias: str) -> list[leases.Finish]:
     done = []
     while True:
         lost = leases.expired(alias, SWEEP_BATCH)
-        done += leases.finish(alias, [
-            leases.Finish(job, RETRYING if job.attempts < job.max_attempts else DEAD, error=leases.WORKER_LOST,
-                          worker=job.worker, expired=True)
-            for job in lost])
+        done += leases.finish(
+            alias,
+            [
+                leases.Finish(
+                    job,
+                    RETRYING if job.attempts < job.max_attempts else DEAD,
+                    error=leases.WORKER_LOST,
+                    worker=job.worker,
+                    expired=True,
+                )
+                for job in lost
+            ],
+        )
         if len(lost) < SWEEP_BATCH:
             return done
 
@@ -78,8 +88,11 @@ def sweep_expired(alias: str) -> list[leases.Finish]:
 def mark_lost_workers(alias: str) -> int:
     """Flag worker rows whose heartbeat is older than three of their leases."""
     now = database_now(connections[alias])
-    lost = [w.pk for w in Worker.objects.using(alias).filter(lost=False).only("pk", "lease", "last_heartbeat")
-            if w.last_heartbeat < now - timedelta(seconds=3 * w.lease)]
+    lost = [
+        w.pk
+        for w in Worker.objects.using(alias).filter(lost=False).only("pk", "lease", "last_heartbeat")
+        if w.last_heartbeat < now - timedelta(seconds=3 * w.lease)
+    ]
     return Worker.objects.using(alias).filter(pk__in=lost).update(lost=True) if lost else 0
 
 
@@ -126,8 +139,13 @@ def vacuum_if_autovacuum_is_off(alias: str) -> float | None:
     return time.monotonic() - started
 
 
-def prune_succeeded(alias: str, keep: timedelta, batch: int = PRUNE_BATCH,
-                    stopping: threading.Event | None = None, budget: float | None = None) -> tuple[int, bool]:
+def prune_succeeded(
+    alias: str,
+    keep: timedelta,
+    batch: int = PRUNE_BATCH,
+    stopping: threading.Event | None = None,
+    budget: float | None = None,
+) -> tuple[int, bool]:
     """Delete succeeded jobs that finished more than ``keep`` ago (by the database's clock), in
     batches of ``batch``, each its own short transaction, until none is left, ``stopping`` is set
     or ``budget`` seconds have passed; returns (how many, whether any may be left)."""
@@ -152,15 +170,23 @@ def _prune_portable(alias: str, cutoff: datetime, batch: int) -> int:
         # "database is locked" when another connection writes meanwhile (SQLite cannot upgrade
         # its lock). The three select the same jobs: a succeeded job never changes again, and
         # none finishes before the cutoff.
-        doomed = (Job.objects.using(alias).filter(status=Status.SUCCEEDED, finished_at__lt=cutoff)
-                  .order_by("finished_at", "id").values("id")[:batch])
+        doomed = (
+            Job.objects.using(alias)
+            .filter(status=Status.SUCCEEDED, finished_at__lt=cutoff)
+            .order_by("finished_at", "id")
+            .values("id")[:batch]
+        )
         JobExecution.objects.using(alias).filter(job_id__in=doomed)._raw_delete(alias)
         DeadLetter.objects.using(alias).filter(job_id__in=doomed).update(job_id=None)
         DeadLetter.objects.using(alias).filter(requeued_job_id__in=doomed).update(requeued_job_id=None)
         return Job.objects.using(alias).filter(id__in=doomed)._raw_delete(alias)
     with transaction.atomic(using=alias):
-        ids = list(Job.objects.using(alias).filter(status=Status.SUCCEEDED, finished_at__lt=cutoff)
-                   .order_by("finished_at").values_list("id", flat=True)[:batch])
+        ids = list(
+            Job.objects.using(alias)
+            .filter(status=Status.SUCCEEDED, finished_at__lt=cutoff)
+            .order_by("finished_at")
+            .values_list("id", flat=True)[:batch]
+        )
         if not ids:
             return 0
         JobExecution.objects.using(alias).filter(job_id__in=ids)._raw_delete(alias)
@@ -180,10 +206,15 @@ def enqueue_due_ticks(alias: str, now: datetime | None = None) -> list[Job]:
     now = now or database_now(connections[alias])
     enqueued = []
     paused_queues = QueueState.objects.using(alias).filter(paused=True).values("name")
-    definitions = (JobDefinition.objects.using(alias).filter(retired=False, paused=False).exclude(schedule="")
-                   .exclude(queue__in=paused_queues))
+    definitions = (
+        JobDefinition.objects.using(alias)
+        .filter(retired=False, paused=False)
+        .exclude(schedule="")
+        .exclude(queue__in=paused_queues)
+    )
     for name, expression, since, last, payload, options in definitions.values_list(
-            "name", "schedule", "scheduled_since", "last_tick", "payload", "options"):
+        "name", "schedule", "scheduled_since", "last_tick", "payload", "options"
+    ):
         if name not in registry:
             continue
         try:
@@ -191,8 +222,12 @@ def enqueue_due_ticks(alias: str, now: datetime | None = None) -> list[Job]:
             if (since and tick < since) or (last and tick <= last):
                 continue
             with transaction.atomic(using=alias):
-                moved = JobDefinition.objects.using(alias).filter(name=name).filter(
-                    Q(last_tick__isnull=True) | Q(last_tick__lt=tick)).update(last_tick=tick)
+                moved = (
+                    JobDefinition.objects.using(alias)
+                    .filter(name=name)
+                    .filter(Q(last_tick__isnull=True) | Q(last_tick__lt=tick))
+                    .update(last_tick=tick)
+                )
                 if moved:  # no other worker recorded this tick first
                     # Due at the tick, by the database's clock, whatever this host's clock says.
                     job = enqueue(name, payload, key=schedule.tick_key(name, tick), run_at=tick, using=alias)
@@ -209,8 +244,14 @@ class Maintenance:
     """The chores, each on its own timer, done only while this worker holds the maintenance
     lease. ``run_due()`` does what is due now; ``start()`` runs it on a thread of its own."""
 
-    def __init__(self, alias: str, holder: str, lease: float, stopping: threading.Event,
-                 on_finished: Callable[[Sequence[leases.Finish]], Any]) -> None:
+    def __init__(
+        self,
+        alias: str,
+        holder: str,
+        lease: float,
+        stopping: threading.Event,
+        on_finished: Callable[[Sequence[leases.Finish]], Any],
+    ) -> None:
         self.alias, self.holder, self.lease = alias, holder, lease
         self.stopping, self.on_finished = stopping, on_finished
         self.leader = False
@@ -258,8 +299,9 @@ class Maintenance:
         """A few seconds at a time, so that the lease and the other chores keep their timers
         through a backlog of millions; the next round follows at once while rows are left."""
         started = time.monotonic()
-        pruned, more = prune_succeeded(self.alias, settings.KEEP_SUCCEEDED, stopping=self.stopping,
-                                       budget=min(self.lease / 3, 5.0))
+        pruned, more = prune_succeeded(
+            self.alias, settings.KEEP_SUCCEEDED, stopping=self.stopping, budget=min(self.lease / 3, 5.0)
+        )
         self._pruned += pruned
         self._pruning_seconds += time.monotonic() - started
         if more:
@@ -309,5 +351,3 @@ class Maintenance:
             logger.warning("maintenance: could not give up the maintenance lease: %s", exc)
         finally:
             connections.close_all()  # this thread's connections
-
-

@@ -1,4 +1,5 @@
 """Jobs, dead letters and job definitions, stored in the project's own database."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -69,7 +70,8 @@ class Job(models.Model):
             # Singleton and per-key jobs: the running row itself is the lock, so a crashed
             # worker leaves nothing behind once the lease sweep requeues its job.
             models.UniqueConstraint(
-                fields=["concurrency_key"], name="doctorjob_job_one_running_per_key",
+                fields=["concurrency_key"],
+                name="doctorjob_job_one_running_per_key",
                 condition=Q(status="running", concurrency_key__isnull=False),
             ),
         ]
@@ -77,16 +79,19 @@ class Job(models.Model):
             # The claim query: runnable jobs in (priority desc, run_at, id) order, per queue or not.
             models.Index(
                 fields=["queue", "-priority", "run_at", "id"],
-                name="doctorjob_job_claim", condition=Q(status="queued"),
+                name="doctorjob_job_claim",
+                condition=Q(status="queued"),
             ),
             models.Index(
                 fields=["-priority", "run_at", "id"],
-                name="doctorjob_job_claim_any", condition=Q(status="queued"),
+                name="doctorjob_job_claim_any",
+                condition=Q(status="queued"),
             ),
             # The claim's check that a keyed job is the first of its key in line (singletons,
             # concurrency_key): only queued jobs that hold a key enter it.
             models.Index(
-                fields=["concurrency_key", "-priority", "run_at", "id"], name="doctorjob_job_key_line",
+                fields=["concurrency_key", "-priority", "run_at", "id"],
+                name="doctorjob_job_key_line",
                 condition=Q(status="queued", concurrency_key__isnull=False),
             ),
             # The lease sweep: running jobs by deadline.
@@ -110,8 +115,10 @@ def new_job(**values: Any) -> Job:
     is callable; the other defaults are immutable and shared. The ``__dict__`` is a copy of a
     template that already has every key, so filling it never grows it."""
     if not _template:
-        _template.update((f.attname, None if f.has_default() and callable(f.default) else f.get_default())
-                         for f in Job._meta.concrete_fields)
+        _template.update(
+            (f.attname, None if f.has_default() and callable(f.default) else f.get_default())
+            for f in Job._meta.concrete_fields
+        )
         _template["_state"] = None
     job = Job.__new__(Job)
     job.__dict__ = state = _template.copy()

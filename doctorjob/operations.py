@@ -1,6 +1,7 @@
 """What people do to jobs, from the admin or their own code: retry, cancel, requeue a dead
 letter, run a job now. Each is one short transaction that changes only jobs in the states it
 applies to, so two people clicking at once cannot both act on the same job."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,8 +25,13 @@ def requeue(dead_letter, payload: Any = None, *, using: str | None = None) -> Jo
         letter = DeadLetter.objects.using(alias).select_for_update().get(pk=dead_letter.pk)
         if letter.requeued_at is not None:
             raise InvalidEnqueue(f"dead letter #{letter.pk} was already requeued as job #{letter.requeued_job_id}")
-        row = build_job(letter.name, letter.payload if payload is None else payload,
-                        priority=letter.priority, queue=letter.queue, max_attempts=letter.max_attempts)
+        row = build_job(
+            letter.name,
+            letter.payload if payload is None else payload,
+            priority=letter.priority,
+            queue=letter.queue,
+            max_attempts=letter.max_attempts,
+        )
         job = _write([row], alias)[0]
         letter.requeued_at, letter.requeued_job = timezone.now(), job
         letter.save(update_fields=["requeued_at", "requeued_job"])
@@ -45,21 +51,36 @@ def retry(jobs, *, using: str | None = None) -> int:
         # or waits for this transaction and then finds its dead letter requeued.
         letters = DeadLetter.objects.using(alias).select_for_update().filter(job_id__in=selected).order_by("pk")
         already = {job_id for job_id, requeued_at in letters.values_list("job_id", "requeued_at") if requeued_at}
-        pks = list(Job.objects.using(alias).select_for_update().filter(
-            pk__in=[pk for pk in selected if pk not in already], status__in=[Status.DEAD, Status.CANCELLED],
-        ).values_list("pk", flat=True))
+        pks = list(
+            Job.objects.using(alias)
+            .select_for_update()
+            .filter(
+                pk__in=[pk for pk in selected if pk not in already],
+                status__in=[Status.DEAD, Status.CANCELLED],
+            )
+            .values_list("pk", flat=True)
+        )
         DeadLetter.objects.using(alias).filter(job_id__in=pks, requeued_at__isnull=True).update(
-            requeued_at=now, requeued_job_id=F("job_id"))
-        return Job.objects.using(alias).filter(pk__in=pks).update(
-            status=Status.QUEUED, run_at=now, attempts=0, lease_id=None,
-            lease_expires_at=None, worker="", finished_at=None)
+            requeued_at=now, requeued_job_id=F("job_id")
+        )
+        return (
+            Job.objects.using(alias)
+            .filter(pk__in=pks)
+            .update(
+                status=Status.QUEUED,
+                run_at=now,
+                attempts=0,
+                lease_id=None,
+                lease_expires_at=None,
+                worker="",
+                finished_at=None,
+            )
+        )
 
 
 def cancel(jobs, *, using: str | None = None) -> int:
     """Cancel queued jobs so they never run; returns how many were cancelled."""
-    qs = Job.objects.using(using or router.db_for_write(Job)).filter(
-        pk__in=[j.pk for j in jobs], status=Status.QUEUED
-    )
+    qs = Job.objects.using(using or router.db_for_write(Job)).filter(pk__in=[j.pk for j in jobs], status=Status.QUEUED)
     return qs.update(status=Status.CANCELLED, finished_at=timezone.now())
 
 

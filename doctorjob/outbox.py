@@ -1,6 +1,7 @@
 """enqueue / enqueue_many: validate everything first, then write the rows on the caller's
 connection, inside the caller's transaction (never ``on_commit``): the job commits with the
 caller's data or not at all."""
+
 from __future__ import annotations
 
 import gc
@@ -45,8 +46,9 @@ def enqueue(
     With ``key``, a job already holding that key is returned instead and nothing is written.
     Sends ``job_enqueued`` once the row is written, in the caller's transaction.
     """
-    row = build_job(job, payload, key=key, delay=delay, run_at=run_at, priority=priority,
-                    queue=queue, max_attempts=max_attempts)
+    row = build_job(
+        job, payload, key=key, delay=delay, run_at=run_at, priority=priority, queue=queue, max_attempts=max_attempts
+    )
     written = _write([row], using)[0]
     if job_enqueued.receivers and written is row:  # not for a job that already held the key
         job_enqueued.send(sender=Job, job=written)
@@ -125,20 +127,26 @@ def build_job(
         if timezone.is_naive(run_at):
             raise InvalidEnqueue(f"job '{job_type.name}': run_at must be timezone-aware, got {run_at!r}")
     if key is not None and (not isinstance(key, str) or not key or len(key) > 255 or text_problem(key)):
-        raise InvalidEnqueue(f"job '{job_type.name}': key must be a non-empty string of at most 255 characters "
-                             f"with no NUL character or lone surrogate, got {key!r:.80}")
+        raise InvalidEnqueue(
+            f"job '{job_type.name}': key must be a non-empty string of at most 255 characters "
+            f"with no NUL character or lone surrogate, got {key!r:.80}"
+        )
     if priority is not None and not _int32(priority):
-        raise InvalidEnqueue(f"job '{job_type.name}': priority must be an integer from -2147483648 to "
-                             f"2147483647, got {priority!r:.80}")
+        raise InvalidEnqueue(
+            f"job '{job_type.name}': priority must be an integer from -2147483648 to 2147483647, got {priority!r:.80}"
+        )
     if queue is not None and (not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue)):
         raise InvalidEnqueue(f"job '{job_type.name}': {QUEUE_RULE}, got {queue!r:.80}")
     if max_attempts is not None and not (_int32(max_attempts) and max_attempts >= 1):
-        raise InvalidEnqueue(f"job '{job_type.name}': max_attempts must be an integer from 1 to 2147483647, "
-                             f"got {max_attempts!r:.80}")
+        raise InvalidEnqueue(
+            f"job '{job_type.name}': max_attempts must be an integer from 1 to 2147483647, got {max_attempts!r:.80}"
+        )
     concurrency_key = job_type.key_for(payload)
     if concurrency_key is not None and (len(concurrency_key) > 255 or text_problem(concurrency_key)):
-        raise InvalidPayload(f"concurrency key of job '{job_type.name}' must be at most 255 characters with no NUL "
-                             f"character or lone surrogate, got {concurrency_key!r:.80}")
+        raise InvalidPayload(
+            f"concurrency key of job '{job_type.name}' must be at most 255 characters with no NUL "
+            f"character or lone surrogate, got {concurrency_key!r:.80}"
+        )
     return new_job(
         name=job_type.name,
         version=settings.JOBS.get(job_type.name, {}).get("version", job_type.version),
@@ -201,20 +209,32 @@ SELECT array_agg(id), array_agg(key) FROM inserted
 """
 # A jsonb value stops at 256 MiB: a batch whose payloads encode to more is written in halves.
 BATCH_JSON_LIMIT = 64 * 2**20
-_COLUMNS = (("name", "text"), ("queue", "text"), ("priority", "int"), ("run_at", "timestamptz"),
-            ("max_attempts", "int"), ("key", "text"), ("created_at", "timestamptz"), ("version", "int"),
-            ("concurrency_key", "text"))
+_COLUMNS = (
+    ("name", "text"),
+    ("queue", "text"),
+    ("priority", "int"),
+    ("run_at", "timestamptz"),
+    ("max_attempts", "int"),
+    ("key", "text"),
+    ("created_at", "timestamptz"),
+    ("version", "int"),
+    ("concurrency_key", "text"),
+)
 _NOTIFY = ", (SELECT count(pg_notify('" + CHANNEL + "', q)) FROM unnest(%b::text[]) AS q)"
 _CONFLICT = "ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING"  # the partial unique index
 # The same for the commonest case, one job: plain VALUES plan faster than unnest(), and the
 # statement is prepared once per connection (see db.may_prepare). By (key given, NOTIFY).
-_INSERT_ONE = {(keyed, notify): f"""
+_INSERT_ONE = {
+    (keyed, notify): f"""
 INSERT INTO doctorjob_job (name, queue, payload, status, priority, run_at, attempts, max_attempts,
                            key, created_at, version, concurrency_key, worker, error, traceback)
 VALUES (%s, %s, %s::jsonb, 'queued', %s, %s, 0, %s, %s, %s, %s, %s, '', '', '')
 {_CONFLICT if keyed else ""}
 RETURNING id, key{", pg_notify('" + CHANNEL + "', queue)" if notify else ""}
-""" for keyed in (False, True) for notify in (False, True)}
+"""
+    for keyed in (False, True)
+    for notify in (False, True)
+}
 # Compact JSON, with the encoder built once (json.dumps with arguments builds one per call).
 _to_json = json.JSONEncoder(separators=(",", ":")).encode
 _payload = attrgetter("payload")
@@ -228,8 +248,18 @@ def _write_postgresql(rows: list[Job], connection) -> list[Job]:
         payload = _to_json(row.payload)
         if len(payload) > settings.MAX_PAYLOAD_BYTES:
             _refuse_size(row, payload)
-        params = [row.name, row.queue, payload, row.priority, row.run_at, row.max_attempts,
-                  row.key, row.created_at, row.version, row.concurrency_key]
+        params = [
+            row.name,
+            row.queue,
+            payload,
+            row.priority,
+            row.run_at,
+            row.max_attempts,
+            row.key,
+            row.created_at,
+            row.version,
+            row.concurrency_key,
+        ]
         sql = _INSERT_ONE[keyed, settings.NOTIFY and row.run_at <= row.created_at]
         returned = execute(connection, sql, params, prepare=True)
     else:
@@ -250,8 +280,13 @@ def _write_postgresql(rows: list[Job], connection) -> list[Job]:
                 arrays, names = f"{arrays}, unnest(%b::{sql_type}[])", f"{names}, {name}"
                 columns.append(column)
         queues = sorted({r.queue for r in rows if r.run_at <= r.created_at}) if settings.NOTIFY else []
-        sql = _INSERT.format(values=", ".join(values), arrays=arrays, names=names,
-                             conflict=_CONFLICT if keyed else "", notify=_NOTIFY if queues else "")
+        sql = _INSERT.format(
+            values=", ".join(values),
+            arrays=arrays,
+            names=names,
+            conflict=_CONFLICT if keyed else "",
+            notify=_NOTIFY if queues else "",
+        )
         ids, keys = execute(connection, sql, [*scalars, payloads, *columns, *([queues] if queues else [])])[0]
         returned = zip(ids or (), keys or ())  # array_agg() over no rows is NULL
     alias = connection.alias
@@ -290,8 +325,10 @@ def _check_sizes(rows: list[Job]) -> None:
 
 
 def _refuse_size(row: Job, payload: str) -> None:
-    raise InvalidPayload(f"payload of job '{row.name}' is {len(payload):,} bytes of JSON; "
-                         f"DOCTORJOB['MAX_PAYLOAD_BYTES'] allows {settings.MAX_PAYLOAD_BYTES:,}")
+    raise InvalidPayload(
+        f"payload of job '{row.name}' is {len(payload):,} bytes of JSON; "
+        f"DOCTORJOB['MAX_PAYLOAD_BYTES'] allows {settings.MAX_PAYLOAD_BYTES:,}"
+    )
 
 
 def _write_portable(rows: list[Job], alias: str) -> list[Job]:

@@ -4,6 +4,7 @@
 PostgreSQL refuses, and no lone surrogate, which no UTF-8 database can hold). Results and
 errors a handler produces are not refused but made storable: NULs and lone surrogates escaped.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """The ``@job`` decorator and the name → job type map every process builds at start-up."""
+
 from __future__ import annotations
 
 import difflib
@@ -45,9 +46,14 @@ class JobType:
     def options(self) -> dict[str, Any]:
         """What a new version should be declared for when it changes (stored on JobVersion)."""
         return {
-            "queue": self.queue, "max_attempts": self.max_attempts, "priority": self.priority,
-            "atomic": self.atomic, "schema": self.schema, "singleton": self.singleton,
-            "on_overlap": self.on_overlap, "concurrency_key": self.concurrency_key is not None,
+            "queue": self.queue,
+            "max_attempts": self.max_attempts,
+            "priority": self.priority,
+            "atomic": self.atomic,
+            "schema": self.schema,
+            "singleton": self.singleton,
+            "on_overlap": self.on_overlap,
+            "concurrency_key": self.concurrency_key is not None,
             **({"timeout": self.timeout} if self.timeout is not None else {}),
         }
 
@@ -96,8 +102,7 @@ class JobType:
         try:
             return min(retry_delay(self.backoff_policy(), attempt), MAX_SECONDS)
         except Exception as exc:  # noqa: BLE001 - a user's backoff function
-            logging.getLogger("doctorjob").exception("backoff of job %s failed, retrying at once: %r",
-                                                     self.name, exc)
+            logging.getLogger("doctorjob").exception("backoff of job %s failed, retrying at once: %r", self.name, exc)
             return 0.0
 
 
@@ -152,8 +157,7 @@ def job(
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts < 2**31:
         raise ImproperlyConfigured(f"@job max_attempts must be an integer from 1 to 2147483647, got {max_attempts!r}")
     if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
-        raise ImproperlyConfigured(f"@job priority must be an integer from -2147483648 to 2147483647, "
-                                   f"got {priority!r}")
+        raise ImproperlyConfigured(f"@job priority must be an integer from -2147483648 to 2147483647, got {priority!r}")
     if schema is not None:
         import jsonschema
 
@@ -194,9 +198,22 @@ def job(
     def decorator(func: Handler) -> Handler:
         job_name = name or f"{func.__module__}.{func.__qualname__}"
         job_type = JobType(
-            job_name, func, queue, max_attempts, priority, backoff, atomic, schema, version,
-            1 if min_version is None else min_version, schedule or "", payload, singleton,
-            on_overlap, concurrency_key, timeout,
+            job_name,
+            func,
+            queue,
+            max_attempts,
+            priority,
+            backoff,
+            atomic,
+            schema,
+            version,
+            1 if min_version is None else min_version,
+            schedule or "",
+            payload,
+            singleton,
+            on_overlap,
+            concurrency_key,
+            timeout,
         )
         if payload is not None or schedule:  # every tick carries it ({} when none is given)
             try:
@@ -234,7 +251,10 @@ def get_job_type(job: str | Handler | JobType) -> JobType:
         return registry[job]
     except KeyError:
         close = difflib.get_close_matches(job, registry, n=3)
-        hint = (f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else
-                "; jobs are declared with @job in a jobs.py module of an app in INSTALLED_APPS "
-                "(<app>/jobs.py), imported at start-up")
+        hint = (
+            f"; did you mean {' or '.join(repr(c) for c in close)}?"
+            if close
+            else "; jobs are declared with @job in a jobs.py module of an app in INSTALLED_APPS "
+            "(<app>/jobs.py), imported at start-up"
+        )
         raise UnknownJob(f"unknown job '{job}'{hint}") from None

@@ -1,4 +1,5 @@
 """Backoff policy for retries: pure functions, no database."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import Any, Union
-
+from typing import Any
 
 MAX_SECONDS = 365 * 24 * 3600.0  # the longest retry delay: past it, a typo, and past 9999 an overflow
 
@@ -31,8 +31,9 @@ class Backoff:
             raise ValueError(f"backoff factor must be >= 1, got {self.factor!r}")
         for name in ("base", "cap"):
             if getattr(self, name) > MAX_SECONDS:
-                raise ValueError(f"backoff {name} must be at most a year ({MAX_SECONDS:g} seconds), "
-                                 f"got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"backoff {name} must be at most a year ({MAX_SECONDS:g} seconds), got {getattr(self, name)!r}"
+                )
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retrying after failed attempt number ``attempt`` (1-based)."""
@@ -43,7 +44,7 @@ class Backoff:
         return min(self.cap, raw * (1 + random.random() * self.jitter))
 
 
-BackoffSpec = Union[Backoff, Mapping[str, float], Callable[[int], Union[float, timedelta]], None]
+BackoffSpec = Backoff | Mapping[str, float] | Callable[[int], float | timedelta] | None
 
 
 def make_backoff(spec: BackoffSpec, default: Mapping[str, Any]) -> Backoff | Callable[[int], float | timedelta]:

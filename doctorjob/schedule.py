@@ -4,6 +4,7 @@ A tick is enqueued with the idempotency key ``schedule:<name>:<tick time>``, so 
 workers run, the unique key lets exactly one job in per tick. Only the latest tick that is due
 is ever considered, so after downtime one job runs for the missed ticks, not one per tick.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta, tzinfo

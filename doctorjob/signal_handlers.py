@@ -3,6 +3,7 @@
 Per-job INFO lines (``claimed``, ``succeeded``, ``skipped``) carry ``doctorjob_per_job`` so that
 ``run_jobs -v 0`` can drop them whatever ``LOGGING`` says; retries and dead jobs always log.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,16 +23,29 @@ def log_started(sender: Any, job: Any, **kwargs: Any) -> None:
 def log_finished(sender: Any, job: Any, outcome: str, duration: float | None = None, **kwargs: Any) -> None:
     if outcome == signals.SUCCEEDED:
         if logger.isEnabledFor(logging.INFO):
-            logger.info("succeeded job_id=%s name=%s attempt=%s duration=%.3fs", job.pk, job.name, job.attempts,
-                        duration or 0.0, extra=PER_JOB)
+            logger.info(
+                "succeeded job_id=%s name=%s attempt=%s duration=%.3fs",
+                job.pk,
+                job.name,
+                job.attempts,
+                duration or 0.0,
+                extra=PER_JOB,
+            )
     elif outcome == signals.RETRYING:
-        logger.warning("retrying job_id=%s name=%s attempt=%s next_run_at=%s error=%s", job.pk, job.name,
-                       job.attempts, job.run_at.isoformat() if job.run_at else None, job.error)
+        logger.warning(
+            "retrying job_id=%s name=%s attempt=%s next_run_at=%s error=%s",
+            job.pk,
+            job.name,
+            job.attempts,
+            job.run_at.isoformat() if job.run_at else None,
+            job.error,
+        )
     elif outcome == signals.DEAD:
         logger.error("dead job_id=%s name=%s attempt=%s error=%s", job.pk, job.name, job.attempts, job.error)
     else:
-        logger.info("skipped job_id=%s name=%s attempt=%s reason=%s", job.pk, job.name, job.attempts, job.error,
-                    extra=PER_JOB)
+        logger.info(
+            "skipped job_id=%s name=%s attempt=%s reason=%s", job.pk, job.name, job.attempts, job.error, extra=PER_JOB
+        )
 
 
 class QuietPerJob(logging.Filter):

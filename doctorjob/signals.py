@@ -12,6 +12,7 @@
 In the worker, a receiver that raises is logged with its traceback and changes neither the
 job's outcome nor the worker's life.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,5 +60,9 @@ def send_robust(signal: Signal, **kwargs: Any) -> None:
                 results.append((receiver, exc))
     for receiver, result in results:
         if isinstance(result, Exception):
-            logger.error("signal receiver %s raised: %r", getattr(receiver, "__qualname__", receiver), result,
-                         exc_info=(type(result), result, result.__traceback__))
+            logger.error(
+                "signal receiver %s raised: %r",
+                getattr(receiver, "__qualname__", receiver),
+                result,
+                exc_info=(type(result), result, result.__traceback__),
+            )

@@ -1,4 +1,5 @@
 """Process plumbing for ``run_jobs``: signals that stop a worker, several worker processes."""
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ pytest plugin: the ``doctorjob`` fixture gives the four of them.
 
 Nothing here imports Django models at import time: pytest loads the plugin before Django is set up.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -72,14 +73,24 @@ def run_jobs(
             return ran
         lease_id = uuid.uuid4()
         Job.objects.using(alias).filter(id__in=ids, status=Status.QUEUED).update(
-            status=Status.RUNNING, attempts=F("attempts") + 1, lease_id=lease_id, worker=WORKER,
-            lease_expires_at=due + timedelta(hours=1), started_at=due, finished_at=None)
-        claimed = {row[0]: _job(row, lease_id, WORKER, alias) for row in
-                   Job.objects.using(alias).filter(lease_id=lease_id).values_list(*_FIELDS)}
+            status=Status.RUNNING,
+            attempts=F("attempts") + 1,
+            lease_id=lease_id,
+            worker=WORKER,
+            lease_expires_at=due + timedelta(hours=1),
+            started_at=due,
+            finished_at=None,
+        )
+        claimed = {
+            row[0]: _job(row, lease_id, WORKER, alias)
+            for row in Job.objects.using(alias).filter(lease_id=lease_id).values_list(*_FIELDS)
+        }
         for job in (claimed[i] for i in ids if i in claimed):
             if len(ran) >= MAX_RUNS:
-                raise RuntimeError(f"run_jobs() ran {MAX_RUNS} attempts and jobs are still due: "
-                                   "does a job enqueue itself, or keep failing with many attempts?")
+                raise RuntimeError(
+                    f"run_jobs() ran {MAX_RUNS} attempts and jobs are still due: "
+                    "does a job enqueue itself, or keep failing with many attempts?"
+                )
             savepoint = transaction.savepoint(using=alias)
             finish, state = worker._execute(job, None)
             if finish.outcome == RETRYING:
@@ -125,21 +136,44 @@ def assert_enqueued(
 
     name = get_job_type(job).name
     everything = enqueued(using=using)
-    matching = [j for j in everything if j.name == name and (payload is None or j.payload == payload)
-                and all(getattr(j, field) == value for field, value in fields.items())]
+    matching = [
+        j
+        for j in everything
+        if j.name == name
+        and (payload is None or j.payload == payload)
+        and all(getattr(j, field) == value for field, value in fields.items())
+    ]
     if (len(matching) != count) if count is not None else not matching:
-        wanted = " ".join(filter(None, [repr(name), f"payload={payload!r}" if payload is not None else "",
-                                        *(f"{k}={v!r}" for k, v in fields.items())]))
-        found = "\n".join(f"  #{j.pk} {j.name} payload={j.payload!r} queue={j.queue!r} key={j.key!r} "
-                          f"priority={j.priority} run_at={j.run_at.isoformat()}" for j in everything)
+        wanted = " ".join(
+            filter(
+                None,
+                [
+                    repr(name),
+                    f"payload={payload!r}" if payload is not None else "",
+                    *(f"{k}={v!r}" for k, v in fields.items()),
+                ],
+            )
+        )
+        found = "\n".join(
+            f"  #{j.pk} {j.name} payload={j.payload!r} queue={j.queue!r} key={j.key!r} "
+            f"priority={j.priority} run_at={j.run_at.isoformat()}"
+            for j in everything
+        )
         raise AssertionError(
             f"expected {count if count is not None else 'at least one'} job(s) {wanted} enqueued, found "
-            f"{len(matching)}; enqueued: " + (f"\n{found}" if everything else "nothing"))
+            f"{len(matching)}; enqueued: " + (f"\n{found}" if everything else "nothing")
+        )
     return matching
 
 
-def perform(job: str | Callable[..., Any], payload: Any = None, *, attempt: int = 1,
-            max_attempts: int | None = None, key: str | None = None) -> Any:
+def perform(
+    job: str | Callable[..., Any],
+    payload: Any = None,
+    *,
+    attempt: int = 1,
+    max_attempts: int | None = None,
+    key: str | None = None,
+) -> Any:
     """Run ``job``'s handler once, here, and return what it returns (exceptions propagate).
     The payload is checked as ``enqueue()`` checks it; the handler gets a real ``JobContext``
     (``job_id`` 0: there is no row)."""
@@ -167,6 +201,7 @@ try:
 except ImportError:  # pragma: no cover - the plugin is only loaded by pytest
     pass
 else:
+
     @pytest.fixture(name="doctorjob")
     def doctorjob_fixture() -> Helpers:
         """``doctorjob.run_jobs()``, ``.enqueued()``, ``.assert_enqueued()``, ``.perform()``; use

@@ -20,6 +20,7 @@ no watchdog.
 Run as ``python -m doctorjob.watchdog WORKER_ID ALIAS LEASE VERBOSITY SLOTS_FD SLOTS``, the
 pipe on stdin.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,7 +65,7 @@ class Watchdog:
 
     def running(self, slot: int, job_id: int) -> None:
         """Before a job starts: its id; after it ended: 0."""
-        self._slots[slot * SLOT:(slot + 1) * SLOT] = job_id.to_bytes(SLOT, "little")
+        self._slots[slot * SLOT : (slot + 1) * SLOT] = job_id.to_bytes(SLOT, "little")
 
     def close(self) -> None:
         """The worker exits through Python: it recorded or returned what it held itself."""
@@ -92,14 +93,27 @@ def start(worker: Worker, verbosity: int = 1) -> Watchdog | None:
             os.ftruncate(file.fileno(), count * SLOT)
             slots = mmap.mmap(file.fileno(), count * SLOT)
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-            argv = [sys.executable, "-m", "doctorjob.watchdog", worker.id, worker.alias, str(worker.lease),
-                    str(verbosity), str(file.fileno()), str(count)]
+            argv = [
+                sys.executable,
+                "-m",
+                "doctorjob.watchdog",
+                worker.id,
+                worker.alias,
+                str(worker.lease),
+                str(verbosity),
+                str(file.fileno()),
+                str(count),
+            ]
             # Its own session: a Ctrl-C in the terminal is for the worker, which the watchdog outlives.
-            process = subprocess.Popen(argv, stdin=subprocess.PIPE, env=env, pass_fds=(file.fileno(),),
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, env=env, pass_fds=(file.fileno(),), start_new_session=True
+            )
     except OSError as exc:
-        logger.warning("no watchdog (%s): should this worker die, every job it holds is charged an attempt "
-                       "when its lease runs out", exc)
+        logger.warning(
+            "no watchdog (%s): should this worker die, every job it holds is charged an attempt "
+            "when its lease runs out",
+            exc,
+        )
         return None
     return Watchdog(process, slots, count)
 
@@ -114,7 +128,7 @@ def main(worker_id: str, alias: str, lease: float, verbosity: int, slots_fd: int
         return
     # The worker died: its slots say what it was running.
     data = os.pread(slots_fd, count * SLOT, 0)
-    running = {int.from_bytes(data[i:i + SLOT], "little") for i in range(0, len(data), SLOT)} - {0}
+    running = {int.from_bytes(data[i : i + SLOT], "little") for i in range(0, len(data), SLOT)} - {0}
     try:
         import django
 
@@ -124,8 +138,10 @@ def main(worker_id: str, alias: str, lease: float, verbosity: int, slots_fd: int
         configure_logging(verbosity)
         _recover(worker_id, alias, running, lease)
     except Exception:  # e.g. settings changed under it: say so, and leave the jobs to the lease sweep
-        logger.exception("watchdog: could not finish the jobs of worker %s, which died; they return when "
-                         "their leases run out", worker_id)
+        logger.exception(
+            "watchdog: could not finish the jobs of worker %s, which died; they return when their leases run out",
+            worker_id,
+        )
         raise SystemExit(1) from None
 
 
@@ -142,8 +158,12 @@ def _recover(worker_id: str, alias: str, running: set[int], lease: float) -> Non
             return
         except DatabaseError as exc:
             if time.monotonic() + pause > deadline:
-                logger.error("watchdog: worker %s died and the database stayed away (%s): its jobs return "
-                             "when their leases run out", worker_id, exc)
+                logger.error(
+                    "watchdog: worker %s died and the database stayed away (%s): its jobs return "
+                    "when their leases run out",
+                    worker_id,
+                    exc,
+                )
                 return
             logger.warning("watchdog: database unavailable, retrying in %.1fs: %s", pause, exc)
             connections[alias].close()
@@ -170,9 +190,13 @@ def _finish_held(worker_id: str, alias: str, running: set[int]) -> None:
     done = leases.finish(alias, items)
     WorkerRow.objects.using(alias).filter(name=worker_id).update(lost=True)
     charged = [f for f in done if f.outcome != RELEASED]
-    logger.warning("watchdog: worker %s died; %s job(s) it was running charged an attempt, %s it had not "
-                   "started returned to the queue, attempts unchanged", worker_id, len(charged),
-                   len(done) - len(charged))
+    logger.warning(
+        "watchdog: worker %s died; %s job(s) it was running charged an attempt, %s it had not "
+        "started returned to the queue, attempts unchanged",
+        worker_id,
+        len(charged),
+        len(done) - len(charged),
+    )
     for f in charged:
         send_robust(job_finished, job=f.job, outcome=f.outcome, duration=None)
 

@@ -6,6 +6,7 @@ run in the pool threads, each with its own Django connection (closed between job
 The cluster-wide chores (lease sweep, pruning, schedule ticks) run on a thread of their own
 (``maintenance``). No argparse here: see run_jobs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,10 +76,14 @@ class Worker:
         self.burst = burst
         self.log_jobs = log_jobs  # the per-job INFO lines (claimed, succeeded); run_jobs -v 0 turns them off
         self.max_jobs = max_jobs
-        for option, value in (("CONCURRENCY", self.concurrency), ("BATCH_SIZE", self.batch_size),
-                              ("POLL_INTERVAL", self.poll_interval), ("LEASE", self.lease),
-                              ("SHUTDOWN_TIMEOUT", self.shutdown_timeout),
-                              ("MAX_JOBS", max_jobs if max_jobs is not None else 1)):
+        for option, value in (
+            ("CONCURRENCY", self.concurrency),
+            ("BATCH_SIZE", self.batch_size),
+            ("POLL_INTERVAL", self.poll_interval),
+            ("LEASE", self.lease),
+            ("SHUTDOWN_TIMEOUT", self.shutdown_timeout),
+            ("MAX_JOBS", max_jobs if max_jobs is not None else 1),
+        ):
             if problem := out_of_range(option, value):
                 raise ValueError(f"{option.lower()} {problem}")
         self.alias = using or router.db_for_write(Job)
@@ -141,8 +146,13 @@ class Worker:
         wakeup = self._start_listener()
         logger.info(
             "worker started worker=%s queues=%s concurrency=%s batch_size=%s lease=%ss wakeup=%s watchdog=%s",
-            self.id, ",".join(self.queues) if self.queues else "*", self.concurrency, self.batch_size,
-            self.lease, wakeup, f"pid {self.watchdog.pid}" if self.watchdog else "none",
+            self.id,
+            ",".join(self.queues) if self.queues else "*",
+            self.concurrency,
+            self.batch_size,
+            self.lease,
+            wakeup,
+            f"pid {self.watchdog.pid}" if self.watchdog else "none",
         )
         try:
             self._loop()
@@ -171,24 +181,38 @@ class Worker:
         for problem in definitions.unversioned_changes(self.alias):
             logger.warning("%s: increment its version (doctorjob.W001)", problem)
         now = database_now(connection)
-        WorkerRow.objects.using(self.alias).update_or_create(name=self.id, defaults=dict(
-            host=socket.gethostname(), pid=os.getpid(), queues=",".join(self.queues or []),
-            concurrency=self.concurrency, lease=self.lease, started_at=now, last_heartbeat=now,
-        ))
+        WorkerRow.objects.using(self.alias).update_or_create(
+            name=self.id,
+            defaults=dict(
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                queues=",".join(self.queues or []),
+                concurrency=self.concurrency,
+                lease=self.lease,
+                started_at=now,
+                last_heartbeat=now,
+            ),
+        )
         self._skip_on_overlap = [n for n, t in registry.items() if t.on_overlap == "skip"]
         if self.queues:
             used = {t.queue for t in registry.values()} | set(
-                JobDefinition.objects.using(self.alias).filter(retired=False).values_list("queue", flat=True))
+                JobDefinition.objects.using(self.alias).filter(retired=False).values_list("queue", flat=True)
+            )
             for queue in self.queues:
                 if queue not in used:
-                    logger.warning("queue %r: no registered job uses it (a typo?); this worker takes only the jobs "
-                                   "enqueued there with queue=%r", queue, queue)
+                    logger.warning(
+                        "queue %r: no registered job uses it (a typo?); this worker takes only the jobs "
+                        "enqueued there with queue=%r",
+                        queue,
+                        queue,
+                    )
         self.maintenance.run_due(prune=False)  # pruning starts at once, on the maintenance thread
 
     def _refresh_definitions(self) -> None:
         """Re-read minimal versions (operators change them at any time)."""
-        self._min_version = dict(JobDefinition.objects.using(self.alias).filter(retired=False)
-                                 .values_list("name", "min_version"))
+        self._min_version = dict(
+            JobDefinition.objects.using(self.alias).filter(retired=False).values_list("name", "min_version")
+        )
 
     # -- main loop ----------------------------------------------------------------------------
 
@@ -239,8 +263,14 @@ class Worker:
             limit = min(limit, self.max_jobs - self._claimed)
         if limit <= 0:
             return 0, False
-        claim = leases.claim(self.alias, worker=self.id, limit=limit, lease=self.lease, queues=self.queues,
-                             skip_on_overlap=self._skip_on_overlap)
+        claim = leases.claim(
+            self.alias,
+            worker=self.id,
+            limit=limit,
+            lease=self.lease,
+            queues=self.queues,
+            skip_on_overlap=self._skip_on_overlap,
+        )
         for job in claim.skipped:
             send_robust(job_finished, job=job, outcome=SKIPPED, duration=None)
         self._claimed += len(claim.jobs)
@@ -290,8 +320,12 @@ class Worker:
             elif state == TODO and f.job.id in ours:
                 finished.append(ours[f.job.id])
             else:
-                logger.warning("lease lost job_id=%s name=%s attempt=%s: another worker took the job over",
-                               f.job.id, f.job.name, f.job.attempts)
+                logger.warning(
+                    "lease lost job_id=%s name=%s attempt=%s: another worker took the job over",
+                    f.job.id,
+                    f.job.name,
+                    f.job.attempts,
+                )
         self._finished(finished)
 
     def _record_each(self, todo: Sequence[Finish]) -> dict[int, Finish]:
@@ -305,8 +339,9 @@ class Worker:
             except (OperationalError, InterfaceError):
                 raise
             except (DatabaseError, ValueError, TypeError) as exc:
-                error = storable_text(f"the worker could not store this attempt's outcome ({f.outcome}): "
-                                      f"{_describe(exc)}")
+                error = storable_text(
+                    f"the worker could not store this attempt's outcome ({f.outcome}): {_describe(exc)}"
+                )
                 logger.error("job_id=%s name=%s: %s", f.job.id, f.job.name, error)
                 failed = self._failed(f.job, self._retry_or_dead(f.job), error[:10_000])[0]
                 done = leases.finish(self.alias, [failed._replace(duration=f.duration)])
@@ -324,7 +359,8 @@ class Worker:
         if now >= self._due["renew"]:
             leases.renew(self.alias, self._in_flight.values(), self.lease)
             WorkerRow.objects.using(self.alias).filter(name=self.id).update(
-                last_heartbeat=database_now(connections[self.alias]), lost=False)
+                last_heartbeat=database_now(connections[self.alias]), lost=False
+            )
             self._due["renew"] = now + self.lease / 3
         if now >= self._due["refresh"]:
             self._refresh_definitions()
@@ -393,13 +429,22 @@ class Worker:
                 continue  # not due, or the thread finished the job meanwhile
             del self._running[thread]
             self._abandoned.add(thread)
-            logger.warning("timed out job_id=%s name=%s attempt=%s after %gs; its thread is abandoned",
-                           job.id, job.name, job.attempts, timeout)
+            logger.warning(
+                "timed out job_id=%s name=%s attempt=%s after %gs; its thread is abandoned",
+                job.id,
+                job.name,
+                job.attempts,
+                timeout,
+            )
             self._unrecorded.append(self._failed(job, self._retry_or_dead(job), f"timed out after {timeout:g} s"))
             self._abandoned = {t for t in self._abandoned if t.is_alive()}
             if len(self._abandoned) > self.concurrency and not self.recycle:
-                logger.error("%s handler threads are stuck in timed-out jobs (concurrency %s): finishing the "
-                             "rest, then exiting for a fresh process", len(self._abandoned), self.concurrency)
+                logger.error(
+                    "%s handler threads are stuck in timed-out jobs (concurrency %s): finishing the "
+                    "rest, then exiting for a fresh process",
+                    len(self._abandoned),
+                    self.concurrency,
+                )
                 self.recycle = True
                 self.stop()
             if not self._stopping.is_set():
@@ -437,8 +482,9 @@ class Worker:
                 outcome = self._execute(job, me)
             except BaseException as exc:  # noqa: BLE001 - never lose the thread, whatever went wrong
                 logger.exception("worker error while running job_id=%s name=%s", job.id, job.name)
-                outcome = self._failed(job, self._retry_or_dead(job), f"worker error: {_describe(exc)}",
-                                       _traceback(exc))
+                outcome = self._failed(
+                    job, self._retry_or_dead(job), f"worker error: {_describe(exc)}", _traceback(exc)
+                )
             finally:
                 self._running.pop(me, None)
                 if watchdog:
@@ -459,18 +505,21 @@ class Worker:
         started = time.monotonic()
         job_type = registry.get(job.name)
         if job_type is None:
-            return self._failed(job, DEAD, f"unknown job '{job.name}': no handler is registered under that "
-                                "name in this worker")
+            return self._failed(
+                job, DEAD, f"unknown job '{job.name}': no handler is registered under that name in this worker"
+            )
         try:
             job_type.validate(job.payload)
         except InvalidPayload as exc:
             return self._failed(job, DEAD, str(exc))
         min_version = self._min_version.get(job.name, job_type.min_version)
         if job.version < min_version:
-            return self._failed(job, SKIPPED, f"version {job.version} of job '{job.name}' is below its minimal "
-                                f"supported version {min_version}")
-        ctx = JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts, job.key,
-                         job.created_at, self.id)
+            return self._failed(
+                job,
+                SKIPPED,
+                f"version {job.version} of job '{job.name}' is below its minimal supported version {min_version}",
+            )
+        ctx = JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts, job.key, job.created_at, self.id)
         set_current_job(ctx, job.version)
         send_robust(job_started, job=job)
         timeout = job_type.timeout or settings.TIMEOUT
@@ -483,8 +532,9 @@ class Worker:
                     if timeout and connections[self.alias].vendor == "postgresql":
                         # Past the timeout, the database cancels the handler's statements too.
                         with connections[self.alias].cursor() as cursor:
-                            cursor.execute("SELECT set_config('statement_timeout', %s, true)",
-                                           [str(int(timeout * 1000))])
+                            cursor.execute(
+                                "SELECT set_config('statement_timeout', %s, true)", [str(int(timeout * 1000))]
+                            )
                     result = _jsonable(job_type.call(job.payload, ctx), ctx)
                     done = Finish(job, SUCCEEDED, result, duration=time.monotonic() - started, worker=self.id)
                     if not leases.finish(self.alias, [done]):
@@ -505,8 +555,9 @@ class Worker:
     def _retry_or_dead(job: Job) -> str:
         return RETRYING if job.attempts < job.max_attempts else DEAD
 
-    def _failed(self, job: Job, outcome: str, error: str, tb: str = "", started: float | None = None
-                ) -> tuple[Finish, str]:
+    def _failed(
+        self, job: Job, outcome: str, error: str, tb: str = "", started: float | None = None
+    ) -> tuple[Finish, str]:
         duration = 0.0 if started is None else time.monotonic() - started
         job_type = registry.get(job.name)
         delay = job_type.retry_delay(job.attempts) if outcome == RETRYING and job_type else 0.0
@@ -523,8 +574,10 @@ class Worker:
         if alias is None:
             alias = self.alias
             if behind_pooler(connections[alias]):  # a LISTEN there hears nothing after its transaction
-                return (f"{poll} (no LISTEN through the pooler of '{alias}', which sets "
-                        "DISABLE_SERVER_SIDE_CURSORS; DOCTORJOB['LISTEN_DATABASE'] can name a direct alias)")
+                return (
+                    f"{poll} (no LISTEN through the pooler of '{alias}', which sets "
+                    "DISABLE_SERVER_SIDE_CURSORS; DOCTORJOB['LISTEN_DATABASE'] can name a direct alias)"
+                )
         if connections[alias].vendor != "postgresql":
             return poll
         params = connections[alias].get_connection_params()
@@ -590,7 +643,12 @@ def _jsonable(result: Any, ctx: JobContext) -> Any:
     where, value, why = problem
     if why in (NUL, SURROGATE):
         return storable(result)
-    what = (f"nested deeper than {MAX_DEPTH} levels" if why == DEPTH else
-            "an integer too large for JSON" if why == BIG_INT else f"a {type(value).__name__}, not JSON")
+    what = (
+        f"nested deeper than {MAX_DEPTH} levels"
+        if why == DEPTH
+        else "an integer too large for JSON"
+        if why == BIG_INT
+        else f"a {type(value).__name__}, not JSON"
+    )
     ctx.logger.warning("%s is %s: the result is not saved", where, what)
     return None

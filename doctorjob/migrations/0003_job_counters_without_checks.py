@@ -9,25 +9,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('doctorjob', '0002_indexes'),
+        ("doctorjob", "0002_indexes"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='job',
-            name='attempts',
+            model_name="job",
+            name="attempts",
             field=models.IntegerField(default=0, validators=[django.core.validators.MinValueValidator(0)]),
         ),
         migrations.AlterField(
-            model_name='job',
-            name='max_attempts',
+            model_name="job",
+            name="max_attempts",
             field=models.IntegerField(default=3, validators=[django.core.validators.MinValueValidator(0)]),
         ),
         migrations.AlterField(
-            model_name='job',
-            name='version',
-            field=models.IntegerField(default=1, help_text='Version of the job it was enqueued with.', validators=[django.core.validators.MinValueValidator(0)]),
+            model_name="job",
+            name="version",
+            field=models.IntegerField(
+                default=1,
+                help_text="Version of the job it was enqueued with.",
+                validators=[django.core.validators.MinValueValidator(0)],
+            ),
         ),
     ]

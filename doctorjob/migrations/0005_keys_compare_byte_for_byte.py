@@ -6,6 +6,7 @@ other's). A binary collation with NO PAD makes them four, as on PostgreSQL and S
 ``utf8mb4_nopad_bin`` on MariaDB, ``utf8mb4_0900_bin`` on MySQL 8 (``utf8mb4_bin`` still
 ignores trailing spaces). Other databases: nothing to do.
 """
+
 from django.db import migrations
 
 COLUMNS = [("doctorjob_job", "key"), ("doctorjob_deadletter", "key")]
@@ -19,7 +20,8 @@ def binary_keys(apps, schema_editor):
     for table, column in COLUMNS:
         schema_editor.execute(
             f"ALTER TABLE {schema_editor.quote_name(table)} MODIFY {schema_editor.quote_name(column)} "
-            f"varchar(255) CHARACTER SET utf8mb4 COLLATE {collation} NULL")
+            f"varchar(255) CHARACTER SET utf8mb4 COLLATE {collation} NULL"
+        )
 
 
 def folded_keys(apps, schema_editor):
@@ -29,11 +31,11 @@ def folded_keys(apps, schema_editor):
     for table, column in COLUMNS:
         schema_editor.execute(
             f"ALTER TABLE {schema_editor.quote_name(table)} MODIFY {schema_editor.quote_name(column)} "
-            f"varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci NULL")
+            f"varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci NULL"
+        )
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("doctorjob", "0004_lifecycle"),
     ]

@@ -1,5 +1,6 @@
 """The example project's own tests: a view that enqueues, tested with doctorjob.testing inside
 Django's TestCase transaction (run with: python manage.py test example_project)."""
+
 from django.test import TestCase
 from django.urls import reverse
 

@@ -27,10 +27,12 @@ def workers(transactional_db, tmp_path: Path, request) -> Iterator[Callable[...,
     """
     started: list[WorkerProcess] = []
 
-    def start(*args: str, wait: bool = True, database_url: str | None = None,
-              env: dict[str, str] | None = None) -> WorkerProcess:
-        worker = WorkerProcess(list(args), tmp_path / f"worker-{len(started) + 1}.log",
-                               {**worker_env(database_url), **(env or {})})
+    def start(
+        *args: str, wait: bool = True, database_url: str | None = None, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        worker = WorkerProcess(
+            list(args), tmp_path / f"worker-{len(started) + 1}.log", {**worker_env(database_url), **(env or {})}
+        )
         started.append(worker)
         if wait:
             worker.wait_started()

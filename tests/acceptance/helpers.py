@@ -4,6 +4,7 @@ Each worker is ``python -m django run_jobs ...`` with the tests' settings, point
 database pytest-django created, its output in a log file the test can read. Tests wait on the
 database or on files with a deadline (``wait_for``), never on a fixed sleep.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 30.0
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05,
-             message: str | Callable[[], str] = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    message: str | Callable[[], str] = "condition",
+) -> Any:
     """Poll ``predicate`` until it returns something truthy and return that; fail at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -37,8 +43,13 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 20.0, interval: f
         time.sleep(interval)
 
 
-def holds_for(predicate: Callable[[], Any], *, duration: float, interval: float = 0.05,
-              message: str | Callable[[], str] = "condition") -> None:
+def holds_for(
+    predicate: Callable[[], Any],
+    *,
+    duration: float,
+    interval: float = 0.05,
+    message: str | Callable[[], str] = "condition",
+) -> None:
     """Check ``predicate`` keeps holding for ``duration`` seconds: for what must NOT happen."""
     deadline = time.monotonic() + duration
     while time.monotonic() < deadline:
@@ -66,22 +77,29 @@ def worker_database_url() -> str:
 
 def worker_env(database_url: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-        "DATABASE_URL": database_url or worker_database_url(),
-        "DOCTORJOB_LOG_LEVEL": "INFO",  # wait_started() looks for the "worker started" line
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONFAULTHANDLER": "1",  # SIGABRT makes a stuck worker print every thread's stack
-    })
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+            "DATABASE_URL": database_url or worker_database_url(),
+            "DOCTORJOB_LOG_LEVEL": "INFO",  # wait_started() looks for the "worker started" line
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONFAULTHANDLER": "1",  # SIGABRT makes a stuck worker print every thread's stack
+        }
+    )
     return env
 
 
 def run_jobs(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run ``run_jobs`` to completion, for options that make it exit by itself."""
     return subprocess.run(
-        [sys.executable, "-m", "django", "run_jobs", *args], cwd=ROOT, env=worker_env(),
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "django", "run_jobs", *args],
+        cwd=ROOT,
+        env=worker_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -94,7 +112,11 @@ class WorkerProcess:
         self._log_file = log.open("wb")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "django", "run_jobs", *args],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
         )
         self.pid = self.popen.pid
 
@@ -109,6 +131,7 @@ class WorkerProcess:
 
     def wait_started(self, timeout: float = STARTUP_TIMEOUT) -> WorkerProcess:
         """Wait until the worker logged that it started; fail at once if it died instead."""
+
         def started() -> bool:
             if "worker started" in self.output():
                 return True

@@ -1,5 +1,6 @@
 """The bench, ``python -m bench`` from the root of a checkout, end to end on a small scale: it must
 keep working from a clean clone, since its figures are what docs/performance.md reports."""
+
 from __future__ import annotations
 
 import json
@@ -12,16 +13,28 @@ from django.db import connection
 from .helpers import ROOT, worker_env
 
 QUICK_RESULTS = [
-    "enqueue/doctorjob", "enqueue/doctorjob-no-notify", "enqueue/raw", "bulk/doctorjob", "bulk/raw",
-    "drain/doctorjob/1", "drain/raw/1", "drain/doctorjob/2", "drain/raw/2",
+    "enqueue/doctorjob",
+    "enqueue/doctorjob-no-notify",
+    "enqueue/raw",
+    "bulk/doctorjob",
+    "bulk/raw",
+    "drain/doctorjob/1",
+    "drain/raw/1",
+    "drain/doctorjob/2",
+    "drain/raw/2",
 ]
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
     """``python -m bench ARGS`` from the checkout's root, as docs/benchmark.md runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "bench", *args], cwd=ROOT, env=worker_env(),
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        env=worker_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -36,8 +49,14 @@ def test_quick_run_measures_everything_against_raw_sql_and_drops_its_scratch_dat
     report = done.stdout
     header = report.splitlines()[0]
     assert header.startswith("doctorjob bench — ") and header.endswith(f" — python -m bench --quick --json {saved}")
-    for line in ("enqueue() one job per transaction", "enqueue_many()", "drain 2,000 no-op jobs, 2 processes",
-                 "doctorjob, NOTIFY", "raw SQL, LISTEN/NOTIFY", "worker memory"):
+    for line in (
+        "enqueue() one job per transaction",
+        "enqueue_many()",
+        "drain 2,000 no-op jobs, 2 processes",
+        "doctorjob, NOTIFY",
+        "raw SQL, LISTEN/NOTIFY",
+        "worker memory",
+    ):
         assert line in report
     results = json.loads(saved.read_text())["results"]
     assert all(results[name]["rate"] > 0 for name in QUICK_RESULTS), results

@@ -1,4 +1,5 @@
 """run_jobs as an operator uses it: options that make it exit, and options it refuses."""
+
 from __future__ import annotations
 
 import pytest
@@ -53,8 +54,7 @@ def test_max_jobs_runs_exactly_that_many_then_exits_0(tmp_path):
     with transaction.atomic():
         jobs = enqueue_many([("tests.record_run", {"dupes": str(tmp_path / "dupes")})] * 10)
 
-    done = run_jobs("--max-jobs", "3", "--concurrency", "2", "--batch-size", "10", "--poll-interval", "0.1",
-                    timeout=30)
+    done = run_jobs("--max-jobs", "3", "--concurrency", "2", "--batch-size", "10", "--poll-interval", "0.1", timeout=30)
 
     assert done.returncode == 0, done.stderr
     assert Run.objects.count() == 3
@@ -63,15 +63,22 @@ def test_max_jobs_runs_exactly_that_many_then_exits_0(tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize(("option", "complaint"), [
-    (["--concurrency", "0"], "--concurrency: must be at least 1, got 0"),
-    (["--lease", "1"], "--lease: must be at least 3 seconds, got 1"),
-    (["--lease", "inf"], "--lease: must be at most 86400 seconds, got inf"),
-    (["--lease", "1e12"], "--lease: must be at most 86400 seconds, got 1e12"),
-    (["--batch-size", "100000000000000000000"], "--batch-size: must be at most 10,000, got 100000000000000000000"),
-    (["--queues", ","], "--queues: expected comma-separated queue names (a queue name is 1 to 100 letters, "
-                        "digits, '_', '-', '.' or ':'), got ''"),
-], ids=["concurrency-0", "lease-1", "lease-inf", "lease-1e12", "batch-size-1e20", "queues-empty"])
+@pytest.mark.parametrize(
+    ("option", "complaint"),
+    [
+        (["--concurrency", "0"], "--concurrency: must be at least 1, got 0"),
+        (["--lease", "1"], "--lease: must be at least 3 seconds, got 1"),
+        (["--lease", "inf"], "--lease: must be at most 86400 seconds, got inf"),
+        (["--lease", "1e12"], "--lease: must be at most 86400 seconds, got 1e12"),
+        (["--batch-size", "100000000000000000000"], "--batch-size: must be at most 10,000, got 100000000000000000000"),
+        (
+            ["--queues", ","],
+            "--queues: expected comma-separated queue names (a queue name is 1 to 100 letters, "
+            "digits, '_', '-', '.' or ':'), got ''",
+        ),
+    ],
+    ids=["concurrency-0", "lease-1", "lease-inf", "lease-1e12", "batch-size-1e20", "queues-empty"],
+)
 def test_bad_options_exit_non_zero_with_a_clear_message_and_write_nothing(option, complaint):
     waiting = enqueue("tests.noop", {"n": 1})
     before = doctorjob_rows()
@@ -88,8 +95,10 @@ def test_bad_options_exit_non_zero_with_a_clear_message_and_write_nothing(option
 
 def doctorjob_rows() -> dict[str, list[dict]]:
     """Every row of every doctorjob table: jobs, dead letters, definitions, workers..."""
-    return {model.__name__: list(model.objects.order_by("pk").values())
-            for model in apps.get_app_config("doctorjob").get_models()}
+    return {
+        model.__name__: list(model.objects.order_by("pk").values())
+        for model in apps.get_app_config("doctorjob").get_models()
+    }
 
 
 @pytest.mark.django_db(transaction=True)
@@ -112,8 +121,10 @@ def test_sigterm_to_a_multi_process_worker_stops_every_process_gracefully(worker
     from doctorjob.models import Worker
 
     parent = workers("--processes", "2", "--poll-interval", "0.1", wait=False)
-    wait_for(lambda: parent.output().count("worker started") == 2 and Worker.objects.count() == 2,
-             message=lambda: f"two worker processes to start:\n{parent.output()}")
+    wait_for(
+        lambda: parent.output().count("worker started") == 2 and Worker.objects.count() == 2,
+        message=lambda: f"two worker processes to start:\n{parent.output()}",
+    )
 
     parent.signal(signal.SIGTERM)
 
@@ -130,18 +141,27 @@ def test_on_a_database_never_migrated_run_jobs_and_enqueue_say_to_migrate_in_one
     from .helpers import ROOT, worker_env
 
     env = {**worker_env(), "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}"}
-    done = subprocess.run([sys.executable, "-m", "django", "run_jobs", "--burst"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "run_jobs", "--burst"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         "CommandError: doctorjob's tables are missing from database 'default': run `python manage.py migrate` "
-        "(with --database default if it is not the default)")
+        "(with --database default if it is not the default)"
+    )
     assert "Traceback" not in done.stderr
 
-    script = ("import django; django.setup()\n"
-              "from doctorjob import NotMigrated, enqueue\n"
-              "try:\n    enqueue('tests.noop')\nexcept NotMigrated as exc:\n    print(exc)\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert done.stdout.startswith("doctorjob's tables are missing from database 'default': run `python manage.py "
-                                  "migrate`"), done.stdout + done.stderr
+    script = (
+        "import django; django.setup()\n"
+        "from doctorjob import NotMigrated, enqueue\n"
+        "try:\n    enqueue('tests.noop')\nexcept NotMigrated as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.startswith(
+        "doctorjob's tables are missing from database 'default': run `python manage.py migrate`"
+    ), done.stdout + done.stderr

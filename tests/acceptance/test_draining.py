@@ -1,4 +1,5 @@
 """Real workers drain the table: every job runs exactly once, whatever the database."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,19 +20,25 @@ CONCURRENCY = 4
 def test_several_workers_run_each_of_hundreds_of_jobs_exactly_once(workers, tmp_path):
     dupes = tmp_path / "dupes"
     # Started one after another: starting at the same moment is test_workers_starting_together_all_run.
-    pool = [workers("--concurrency", str(CONCURRENCY), "--batch-size", "10", "--poll-interval", "0.1")
-            for _ in range(WORKERS)]
+    pool = [
+        workers("--concurrency", str(CONCURRENCY), "--batch-size", "10", "--poll-interval", "0.1")
+        for _ in range(WORKERS)
+    ]
 
     # One commit makes them all visible at once, so the workers compete for every batch.
     with transaction.atomic():
         jobs = enqueue_many([("tests.record_run", {"dupes": str(dupes)})] * JOBS)
 
-    wait_for(lambda: Job.objects.filter(status=Status.SUCCEEDED).count() == JOBS, timeout=60,
-             message=lambda: f"{JOBS} jobs to succeed: {statuses()}\n{pool[0].output()[-3000:]}")
+    wait_for(
+        lambda: Job.objects.filter(status=Status.SUCCEEDED).count() == JOBS,
+        timeout=60,
+        message=lambda: f"{JOBS} jobs to succeed: {statuses()}\n{pool[0].output()[-3000:]}",
+    )
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity "
-                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
             (backends,) = cursor.fetchone()
         # A main and a LISTEN connection per worker, at most one per handler thread: no leak per job.
         assert backends <= WORKERS * (2 + CONCURRENCY)
@@ -54,8 +61,10 @@ def test_unregistered_or_invalid_jobs_become_dead_letters_and_the_worker_goes_on
     invalid = Job.objects.create(name="tests.typed", payload={"client_id": "seven"})
     fine = enqueue("tests.record_run", {"dupes": str(tmp_path / "dupes")})
 
-    wait_for(lambda: Job.objects.exclude(status__in=[Status.QUEUED, Status.RUNNING]).count() == 3,
-             message=lambda: f"the jobs to finish: {statuses()}\n{worker.output()}")
+    wait_for(
+        lambda: Job.objects.exclude(status__in=[Status.QUEUED, Status.RUNNING]).count() == 3,
+        message=lambda: f"the jobs to finish: {statuses()}\n{worker.output()}",
+    )
     assert [status_of(gone), status_of(invalid), status_of(fine)] == [Status.DEAD, Status.DEAD, Status.SUCCEEDED]
     letters = {letter.job_id: letter for letter in DeadLetter.objects.all()}
     assert set(letters) == {gone.pk, invalid.pk}
@@ -76,6 +85,8 @@ def test_workers_starting_together_all_run(workers, tmp_path):
         worker.wait_started()
     with transaction.atomic():
         jobs = enqueue_many([("tests.record_run", {"dupes": str(tmp_path / "dupes")})] * 30)
-    wait_for(lambda: Job.objects.filter(status=Status.SUCCEEDED).count() == len(jobs),
-             message=lambda: f"the jobs to succeed: {statuses()}")
+    wait_for(
+        lambda: Job.objects.filter(status=Status.SUCCEEDED).count() == len(jobs),
+        message=lambda: f"the jobs to succeed: {statuses()}",
+    )
     assert [worker.stop() for worker in pool] == [0] * WORKERS

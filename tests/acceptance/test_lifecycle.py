@@ -2,6 +2,7 @@
 its job, singleton jobs keep their place in line, a pause holds from the moment it commits, the
 database's clock decides (workers under libfaketime), pruning never costs a lease, and the
 signals reach receivers in the worker."""
+
 from __future__ import annotations
 
 import uuid
@@ -16,7 +17,7 @@ from doctorjob import definitions, enqueue, enqueue_many
 from doctorjob.models import Job, JobDefinition, JobExecution, QueueState, Status
 from tests.testapp.jobs_lifecycle import LIFECYCLE, SIGNALS, lifecycle_jobs
 
-from .helpers import holds_for, statuses, status_of, wait_for
+from .helpers import holds_for, status_of, statuses, wait_for
 
 on_postgresql = pytest.mark.skipif(connection.vendor != "postgresql", reason="needs DATABASE_URL=postgres://...")
 FAKETIME_LIBS = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
@@ -37,8 +38,7 @@ def lifecycle(monkeypatch):
 @pytest.mark.django_db(transaction=True)
 def test_a_tick_whose_job_is_gone_is_not_enqueued_again_when_workers_restart(workers, lifecycle):
     definitions.sync()  # synced two years ago: the latest yearly tick is due at once
-    JobDefinition.objects.filter(name="lifecycle.yearly").update(
-        scheduled_since=timezone.now() - timedelta(days=800))
+    JobDefinition.objects.filter(name="lifecycle.yearly").update(scheduled_since=timezone.now() - timedelta(days=800))
     ticks = Job.objects.filter(name="lifecycle.yearly")
     first = workers("--queues", "lifecycle-ticks", "--poll-interval", "0.1")
     wait_for(lambda: ticks.filter(status=Status.SUCCEEDED).exists(), message=lambda: first.output())
@@ -59,8 +59,11 @@ def test_a_singleton_of_higher_priority_runs_before_a_backlog_of_ordinary_jobs(w
     backlog = enqueue_many([("tests.noop", {"n": i}) for i in range(300)])
     urgent = enqueue("lifecycle.urgent")
     worker = workers("--queues", "default,lifecycle", "--batch-size", "10", "--concurrency", "1")
-    wait_for(lambda: not Job.objects.filter(status=Status.QUEUED).exists(), timeout=60,
-             message=lambda: f"the backlog to drain: {statuses()}")
+    wait_for(
+        lambda: not Job.objects.filter(status=Status.QUEUED).exists(),
+        timeout=60,
+        message=lambda: f"the backlog to drain: {statuses()}",
+    )
     urgent.refresh_from_db()
     assert urgent.status == Status.SUCCEEDED
     before = Job.objects.filter(pk__in=[j.pk for j in backlog], started_at__lt=urgent.started_at).count()
@@ -78,16 +81,23 @@ def test_a_job_enqueued_with_the_pause_of_its_definition_or_queue_is_never_claim
     with transaction.atomic():
         QueueState.objects.update_or_create(name="paused-queue", defaults={"paused": True})
         by_queue = enqueue("tests.acceptance.touch", {"path": str(tmp_path / "touched")}, queue="paused-queue")
-    holds_for(lambda: {status_of(by_name), status_of(by_queue)} == {Status.QUEUED}, duration=2,
-              message=lambda: f"both jobs queued while paused: {status_of(by_name)}, {status_of(by_queue)}; "
-                              f"{list(JobDefinition.objects.filter(paused=True).values_list('name'))} "
-                              f"{list(QueueState.objects.filter(paused=True).values_list('name'))}\n"
-                              f"{worker.output()[-3000:]}")
+    holds_for(
+        lambda: {status_of(by_name), status_of(by_queue)} == {Status.QUEUED},
+        duration=2,
+        message=lambda: (
+            f"both jobs queued while paused: {status_of(by_name)}, {status_of(by_queue)}; "
+            f"{list(JobDefinition.objects.filter(paused=True).values_list('name'))} "
+            f"{list(QueueState.objects.filter(paused=True).values_list('name'))}\n"
+            f"{worker.output()[-3000:]}"
+        ),
+    )
 
     JobDefinition.objects.filter(name="tests.noop").update(paused=False)
     QueueState.objects.filter(name="paused-queue").update(paused=False)
-    wait_for(lambda: {status_of(by_name), status_of(by_queue)} == {Status.SUCCEEDED},
-             message=lambda: f"both jobs to run once resumed: {statuses()}\n{worker.output()}")
+    wait_for(
+        lambda: {status_of(by_name), status_of(by_queue)} == {Status.SUCCEEDED},
+        message=lambda: f"both jobs to run once resumed: {statuses()}\n{worker.output()}",
+    )
     assert worker.stop() == 0
 
 
@@ -109,21 +119,32 @@ def faketime(tmp_path: Path, offset: str) -> dict[str, str]:
         "def _sleep(seconds):\n"
         "    if seconds > 0:\n"
         "        select.select([], [], [], seconds)\n\n\n"
-        "time.sleep = _sleep\n")
+        "time.sleep = _sleep\n"
+    )
     from .helpers import worker_env
 
     path = worker_env()["PYTHONPATH"]
-    return {"LD_PRELOAD": str(FAKETIME_LIBS[0]), "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-            "PYTHONPATH": f"{site}:{path}"}
+    return {
+        "LD_PRELOAD": str(FAKETIME_LIBS[0]),
+        "FAKETIME": offset,
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "PYTHONPATH": f"{site}:{path}",
+    }
 
 
 @on_postgresql
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_whose_clock_runs_ahead_runs_nothing_early_and_takes_over_no_live_lease(workers, tmp_path):
     delayed = enqueue("tests.noop", delay=60)
-    live = Job.objects.create(name="tests.noop", status=Status.RUNNING, attempts=1, lease_id=uuid.uuid4(),
-                              worker="elsewhere:1:abc", started_at=timezone.now(),
-                              lease_expires_at=timezone.now() + timedelta(seconds=60))
+    live = Job.objects.create(
+        name="tests.noop",
+        status=Status.RUNNING,
+        attempts=1,
+        lease_id=uuid.uuid4(),
+        worker="elsewhere:1:abc",
+        started_at=timezone.now(),
+        lease_expires_at=timezone.now() + timedelta(seconds=60),
+    )
     ahead = workers("--lease", "3", "--poll-interval", "0.1", env=faketime(tmp_path, "+5m"))
     due = enqueue("tests.noop")
     wait_for(lambda: status_of(due) == Status.SUCCEEDED, message=lambda: ahead.output())
@@ -131,7 +152,9 @@ def test_a_worker_whose_clock_runs_ahead_runs_nothing_early_and_takes_over_no_li
     def untouched() -> bool:
         live_now = Job.objects.get(pk=live.pk)
         return status_of(delayed) == Status.QUEUED and (live_now.status, live_now.lease_id) == (
-            Status.RUNNING, live.lease_id)
+            Status.RUNNING,
+            live.lease_id,
+        )
 
     holds_for(untouched, duration=3, message="the delayed job queued and the live lease its holder's")
     assert ahead.stop() == 0
@@ -145,14 +168,20 @@ def test_a_worker_whose_clock_runs_behind_runs_due_jobs_at_once_and_keeps_its_le
     other = workers("--lease", "6", "--poll-interval", "0.1", "--queues", "elsewhere")
     behind = workers("--lease", "6", "--poll-interval", "0.1", env=faketime(tmp_path, "-5m"))
     due = enqueue("tests.noop")
-    wait_for(lambda: status_of(due) == Status.SUCCEEDED, timeout=10,
-             message=lambda: f"a due job to run on a worker 5 minutes behind:\n{behind.output()}")
+    wait_for(
+        lambda: status_of(due) == Status.SUCCEEDED,
+        timeout=10,
+        message=lambda: f"a due job to run on a worker 5 minutes behind:\n{behind.output()}",
+    )
 
     blocking = enqueue("tests.block", {"started": str(started), "release": str(release)})
     wait_for(lambda: started.exists(), message=lambda: behind.output())
     claimed = Job.objects.get(pk=blocking.pk)
-    holds_for(lambda: Job.objects.filter(pk=blocking.pk, lease_id=claimed.lease_id, attempts=1).exists(),
-              duration=8, message="the job held by the worker behind, under its first lease")
+    holds_for(
+        lambda: Job.objects.filter(pk=blocking.pk, lease_id=claimed.lease_id, attempts=1).exists(),
+        duration=8,
+        message="the job held by the worker behind, under its first lease",
+    )
     release.touch()
     wait_for(lambda: status_of(blocking) == Status.SUCCEEDED, message=lambda: behind.output())
     assert list(JobExecution.objects.filter(job_id=blocking.pk).values_list("outcome", flat=True)) == ["succeeded"]
@@ -175,13 +204,17 @@ def test_pruning_200000_jobs_never_lets_a_running_jobs_lease_expire(workers, tmp
             "created_at, finished_at, started_at, worker, error, traceback, version) "
             "SELECT 'tests.noop', 'default', jsonb_build_object('n', n, 'pad', repeat('x', 200)), 'succeeded', "
             "0, now() - interval '8 days', 1, 3, now() - interval '8 days', now() - interval '8 days', "
-            "now() - interval '8 days', 'w', '', '', 1 FROM generate_series(1, 200000) AS n")
+            "now() - interval '8 days', 'w', '', '', 1 FROM generate_series(1, 200000) AS n"
+        )
 
     def lease_live() -> bool:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT lease_expires_at > statement_timestamp(), "
-                           "(SELECT count(*) FROM doctorjob_job WHERE status = 'succeeded') "
-                           "FROM doctorjob_job WHERE id = %s", [blocking.pk])
+            cursor.execute(
+                "SELECT lease_expires_at > statement_timestamp(), "
+                "(SELECT count(*) FROM doctorjob_job WHERE status = 'succeeded') "
+                "FROM doctorjob_job WHERE id = %s",
+                [blocking.pk],
+            )
             live, succeeded = cursor.fetchone()
         assert live, "the running job's lease expired while succeeded jobs were pruned"
         return succeeded == 0
@@ -203,7 +236,8 @@ def test_pruning_200000_jobs_never_lets_a_running_jobs_lease_expire(workers, tmp
 
 @pytest.mark.django_db(transaction=True)
 def test_receivers_in_the_worker_hear_each_start_and_each_committed_outcome_and_one_that_raises_changes_nothing(
-        workers, lifecycle, tmp_path):
+    workers, lifecycle, tmp_path
+):
     heard = tmp_path / "signals"
     ok = enqueue("tests.noop")
     failing = enqueue("lifecycle.fails")
@@ -218,8 +252,10 @@ def test_receivers_in_the_worker_hear_each_start_and_each_committed_outcome_and_
     assert f"started {failing.pk} 1 Job" in lines and f"started {failing.pk} 2 Job" in lines
     assert f"finished {failing.pk} retrying queued 1 RuntimeError: attempt 1 failed" in lines
     assert f"finished {failing.pk} dead dead 2 RuntimeError: attempt 2 failed" in lines
-    assert (f"finished {old.pk} skipped skipped 1 version 1 of job 'issue4.versioned' is below its minimal "
-            "supported version 2") in lines
+    assert (
+        f"finished {old.pk} skipped skipped 1 version 1 of job 'issue4.versioned' is below its minimal "
+        "supported version 2"
+    ) in lines
     assert f"started {old.pk}" not in " ".join(lines)
     assert {status_of(ok), status_of(failing), status_of(old)} == {Status.SUCCEEDED, Status.DEAD, Status.SKIPPED}
     output = worker.output()

@@ -1,6 +1,7 @@
 """Several real worker processes: each tick of a schedule enqueued once, singleton and per-key
 jobs never running twice at once while other keys run in parallel, a SIGKILLed worker leaving no
 lock behind, and the Worker row of a process."""
+
 from __future__ import annotations
 
 import re
@@ -18,7 +19,7 @@ from doctorjob import enqueue, enqueue_many
 from doctorjob.models import Job, JobExecution, Outcome, Status, Worker
 from tests.testapp.jobs_issue4 import EXTRA, extra_jobs
 
-from .helpers import statuses, status_of, wait_for
+from .helpers import status_of, statuses, wait_for
 
 # MySQL and MariaDB have no partial unique indexes, so nothing stops two running jobs with one key.
 needs_partial_unique_index = pytest.mark.skipif(
@@ -56,8 +57,10 @@ class Run:
 def runs(log: Path) -> list[Run]:
     if not log.exists():
         return []
-    return [Run(key, int(job_id), int(attempt), int(pid), float(start), float(end))
-            for key, job_id, attempt, pid, start, end in (line.split() for line in log.read_text().splitlines())]
+    return [
+        Run(key, int(job_id), int(attempt), int(pid), float(start), float(end))
+        for key, job_id, attempt, pid, start, end in (line.split() for line in log.read_text().splitlines())
+    ]
 
 
 def read(path: Path) -> str:
@@ -74,8 +77,11 @@ def test_several_workers_enqueue_each_tick_of_a_schedule_once(workers, extra):
     all_running = timezone.now()
     ticks = Job.objects.filter(name="issue4.every_second")
 
-    wait_for(lambda: ticks.filter(created_at__gte=all_running).count() >= 3, timeout=15,
-             message=lambda: f"3 ticks enqueued while {WORKERS} workers run: {statuses()}\n{pool[0].output()}")
+    wait_for(
+        lambda: ticks.filter(created_at__gte=all_running).count() >= 3,
+        timeout=15,
+        message=lambda: f"3 ticks enqueued while {WORKERS} workers run: {statuses()}\n{pool[0].output()}",
+    )
     assert Worker.objects.count() == WORKERS
     assert [worker.stop() for worker in pool] == [0] * WORKERS
 
@@ -99,17 +105,25 @@ def test_singleton_and_per_key_jobs_never_overlap_across_workers_and_other_keys_
     log = tmp_path / "runs"
     # One handler thread and one job per claim each: a worker holds at most two keys at a time,
     # so the four keys below have to be shared between the workers.
-    pool = [workers("--queues", "issue4-overlap", "--concurrency", "1", "--batch-size", "1",
-                    "--poll-interval", "0.05") for _ in range(WORKERS)]
+    pool = [
+        workers("--queues", "issue4-overlap", "--concurrency", "1", "--batch-size", "1", "--poll-interval", "0.05")
+        for _ in range(WORKERS)
+    ]
     with transaction.atomic():
         jobs = enqueue_many(
             [("issue4.singleton", {"log": str(log), "seconds": 0.1})] * 6
-            + [("issue4.per_tenant", {"log": str(log), "tenant": tenant, "seconds": 0.2})
-               for tenant in ("a", "b", "c") for _ in range(3)]
+            + [
+                ("issue4.per_tenant", {"log": str(log), "tenant": tenant, "seconds": 0.2})
+                for tenant in ("a", "b", "c")
+                for _ in range(3)
+            ]
         )
 
-    wait_for(lambda: Job.objects.filter(status=Status.SUCCEEDED).count() == len(jobs), timeout=30,
-             message=lambda: f"the jobs to succeed: {statuses()}\n{pool[0].output()[-3000:]}")
+    wait_for(
+        lambda: Job.objects.filter(status=Status.SUCCEEDED).count() == len(jobs),
+        timeout=30,
+        message=lambda: f"the jobs to succeed: {statuses()}\n{pool[0].output()[-3000:]}",
+    )
     assert [worker.stop() for worker in pool] == [0] * WORKERS
 
     done = runs(log)
@@ -134,8 +148,10 @@ def test_a_singleton_held_by_a_sigkilled_worker_is_free_again_once_its_lease_exp
     first_name = Worker.objects.get(pid=first.pid, host=socket.gethostname()).name
     if connection.vendor == "postgresql":  # the running row is the lock, not a session's lock
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
-                           "(SELECT oid FROM pg_database WHERE datname = current_database())")
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
             assert cursor.fetchone() == (0,)
     assert status_of(waiting) == Status.QUEUED
 
@@ -143,8 +159,11 @@ def test_a_singleton_held_by_a_sigkilled_worker_is_free_again_once_its_lease_exp
     release.touch()  # the next attempt of `held` returns at once
     second = workers(*options)
 
-    wait_for(lambda: {status_of(held), status_of(waiting)} == {Status.SUCCEEDED}, timeout=20,
-             message=lambda: f"both singletons to succeed: {statuses()}\n{second.output()}")
+    wait_for(
+        lambda: {status_of(held), status_of(waiting)} == {Status.SUCCEEDED},
+        timeout=20,
+        message=lambda: f"both singletons to succeed: {statuses()}\n{second.output()}",
+    )
     second_name = Worker.objects.get(pid=second.pid, host=socket.gethostname()).name
     lost, succeeded = JobExecution.objects.filter(job_id=held.pk).order_by("attempt")
     assert (lost.attempt, lost.outcome, lost.worker) == (1, Outcome.LOST, first_name)
@@ -168,11 +187,15 @@ def test_a_worker_process_has_a_row_it_heartbeats_and_removes_when_stopped(worke
     assert (row.queues, row.concurrency, row.lease, row.lost) == ("issue4,default", 2, 3.0, False)
     job = enqueue("tests.noop")
 
-    wait_for(lambda: Worker.objects.get(pk=row.pk).last_heartbeat > row.last_heartbeat, timeout=5,
-             message="a heartbeat (every third of the 3 s lease)")
+    wait_for(
+        lambda: Worker.objects.get(pk=row.pk).last_heartbeat > row.last_heartbeat,
+        timeout=5,
+        message="a heartbeat (every third of the 3 s lease)",
+    )
     wait_for(lambda: status_of(job) == Status.SUCCEEDED, message="the job to succeed")
     assert worker.stop() == 0
 
     assert not Worker.objects.filter(pk=row.pk).exists()
     assert list(JobExecution.objects.filter(job_id=job.pk).values_list("worker", "outcome")) == [
-        (row.name, Outcome.SUCCEEDED)]
+        (row.name, Outcome.SUCCEEDED)
+    ]

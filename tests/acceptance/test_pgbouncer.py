@@ -2,6 +2,7 @@
 serves many clients' transactions: a statement prepared by one client is unknown, or in the
 way, for the next. doctorjob must prepare nothing when the database says it is behind such a
 pooler (DISABLE_SERVER_SIDE_CURSORS, Django's switch for it)."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,10 @@ from .helpers import ROOT, wait_for, worker_database_url, worker_env
 
 pytestmark = [
     pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL (PgBouncer fronts it)"),
-    pytest.mark.skipif(shutil.which("pgbouncer") is None,
-                       reason="needs the pgbouncer program in front of PostgreSQL (Debian: pgbouncer)"),
+    pytest.mark.skipif(
+        shutil.which("pgbouncer") is None,
+        reason="needs the pgbouncer program in front of PostgreSQL (Debian: pgbouncer)",
+    ),
     pytest.mark.django_db(transaction=True),
 ]
 
@@ -41,7 +44,7 @@ def pgbouncer():
         f.write(f'"{user}" ""\n')
     with open(os.path.join(directory, "pgbouncer.ini"), "w") as f:
         f.write(f"""[databases]
-* = host={server['HOST'] or '127.0.0.1'} port={server['PORT'] or 5432}
+* = host={server["HOST"] or "127.0.0.1"} port={server["PORT"] or 5432}
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = {port}
@@ -106,8 +109,12 @@ def pooled_url(port: int) -> str:
 
 def client(port: int, name: str, jobs: int, *, prepare: bool = False) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", CLIENT, name, "prepare" if prepare else "default", str(jobs)], cwd=ROOT,
-        env=worker_env(pooled_url(port)), capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", CLIENT, name, "prepare" if prepare else "default", str(jobs)],
+        cwd=ROOT,
+        env=worker_env(pooled_url(port)),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -132,12 +139,16 @@ def test_a_prepared_insert_breaks_behind_a_transaction_pooler(pgbouncer):
 
 def test_a_worker_behind_the_pooler_polls_says_so_and_runs_every_job_once(pgbouncer, workers):
     worker = workers("--poll-interval", "0.2", "--concurrency", "2", database_url=pooled_url(pgbouncer))
-    assert ("wakeup=poll every 0.2s (no LISTEN through the pooler of 'default', which sets "
-            "DISABLE_SERVER_SIDE_CURSORS") in worker.output()
+    assert (
+        "wakeup=poll every 0.2s (no LISTEN through the pooler of 'default', which sets DISABLE_SERVER_SIDE_CURSORS"
+    ) in worker.output()
 
     done = client(pgbouncer, "first", 30)
 
     assert done.returncode == 0, done.stderr
-    wait_for(lambda: Job.objects.filter(status=Status.SUCCEEDED).count() == 30, timeout=30,
-             message=lambda: f"30 jobs to succeed:\n{worker.output()}")
+    wait_for(
+        lambda: Job.objects.filter(status=Status.SUCCEEDED).count() == 30,
+        timeout=30,
+        message=lambda: f"30 jobs to succeed:\n{worker.output()}",
+    )
     assert sorted(JobExecution.objects.values_list("attempt", "outcome")) == [(1, Outcome.SUCCEEDED)] * 30

@@ -1,5 +1,6 @@
 """SIGTERM: stop claiming, let running jobs finish within --shutdown-timeout, put the rest
 back in the queue without counting an attempt, exit 0."""
+
 from __future__ import annotations
 
 import signal
@@ -19,10 +20,12 @@ from .helpers import run_jobs, status_of, wait_for
 def test_sigterm_lets_the_running_job_finish_and_requeues_the_claimed_ones(workers, tmp_path):
     started, release, touched = tmp_path / "started", tmp_path / "release", tmp_path / "touched"
     with transaction.atomic():
-        running, waiting = enqueue_many([
-            ("tests.block", {"started": str(started), "release": str(release)}),
-            ("tests.acceptance.touch", {"path": str(touched)}),
-        ])
+        running, waiting = enqueue_many(
+            [
+                ("tests.block", {"started": str(started), "release": str(release)}),
+                ("tests.acceptance.touch", {"path": str(touched)}),
+            ]
+        )
     # One handler thread and a batch of two: the second job is claimed but waits for the thread.
     worker = workers("--concurrency", "1", "--batch-size", "2", "--poll-interval", "0.1")
     wait_for(started.exists, message="the first job to start")
@@ -30,8 +33,10 @@ def test_sigterm_lets_the_running_job_finish_and_requeues_the_claimed_ones(worke
 
     worker.signal(signal.SIGTERM)
     # The worker gives back what it has not started: proof that it is shutting down.
-    wait_for(lambda: status_of(waiting) == Status.QUEUED, message=lambda: f"the claimed job to be "
-             f"returned:\n{worker.output()}")
+    wait_for(
+        lambda: status_of(waiting) == Status.QUEUED,
+        message=lambda: f"the claimed job to be returned:\n{worker.output()}",
+    )
     assert worker.alive() and status_of(running) == Status.RUNNING
     release.touch()
 

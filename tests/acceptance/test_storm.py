@@ -1,6 +1,7 @@
 """A SIGKILL storm: workers killed again and again while they drain, some with their watchdog
 (the host goes down), and every committed job still runs to success, each atomic effect
 exactly once. Prints the figures docs/reliability.md quotes (run with -s to see them)."""
+
 from __future__ import annotations
 
 import random
@@ -30,8 +31,14 @@ OPTIONS = ("--concurrency", "4", "--batch-size", "20", "--lease", "3", "--poll-i
 def test_a_sigkill_storm_loses_no_job_and_repeats_no_atomic_effect(workers, tmp_path):
     runs = tmp_path / "runs"
     jobs = enqueue_many(
-        [{"job": "tests.acceptance.storm_atomic" if i % 2 else "tests.acceptance.storm_plain",
-          "payload": {"runs": str(runs), "ms": 10 + i % 30}} for i in range(JOBS)])
+        [
+            {
+                "job": "tests.acceptance.storm_atomic" if i % 2 else "tests.acceptance.storm_plain",
+                "payload": {"runs": str(runs), "ms": 10 + i % 30},
+            }
+            for i in range(JOBS)
+        ]
+    )
     atomic = {j.pk for j in jobs if j.name == "tests.acceptance.storm_atomic"}
     alive = [workers(*OPTIONS) for _ in range(WORKERS)]
     rng = random.Random(4)
@@ -46,8 +53,11 @@ def test_a_sigkill_storm_loses_no_job_and_repeats_no_atomic_effect(workers, tmp_
         kills["with watchdog" if host else "worker only"] += 1
         alive.append(workers(*OPTIONS, wait=False))
 
-    wait_for(lambda: not Job.objects.exclude(status=Status.SUCCEEDED).exists(), timeout=90,
-             message=lambda: f"every job to succeed: {statuses()}")
+    wait_for(
+        lambda: not Job.objects.exclude(status=Status.SUCCEEDED).exists(),
+        timeout=90,
+        message=lambda: f"every job to succeed: {statuses()}",
+    )
     assert not DeadLetter.objects.exists()
     effects = Counter(Effect.objects.values_list("job_id", flat=True))
     assert set(effects) == atomic and set(effects.values()) == {1}, "an atomic effect missing or repeated"
@@ -55,11 +65,13 @@ def test_a_sigkill_storm_loses_no_job_and_repeats_no_atomic_effect(workers, tmp_
     assert set(plain_runs) == {j.pk for j in jobs} - atomic
     attempts = Job.objects.aggregate(total=Sum("attempts"))["total"]
     charged = Job.objects.filter(attempts__gt=1).aggregate(n=Count("id"))["n"]
-    print(f"\nstorm: jobs={JOBS} workers={WORKERS} seconds={STORM_SECONDS:g} kills={kills['total']} "
-          f"(worker only {kills['worker only']}, with its watchdog {kills['with watchdog']}) lost=0 "
-          f"duplicated_atomic_effects=0 plain_jobs_run_twice={sum(1 for n in plain_runs.values() if n > 1)} "
-          f"extra_plain_runs={sum(plain_runs.values()) - len(plain_runs)} attempts={attempts} "
-          f"jobs_charged_a_lost_attempt={charged}")
+    print(
+        f"\nstorm: jobs={JOBS} workers={WORKERS} seconds={STORM_SECONDS:g} kills={kills['total']} "
+        f"(worker only {kills['worker only']}, with its watchdog {kills['with watchdog']}) lost=0 "
+        f"duplicated_atomic_effects=0 plain_jobs_run_twice={sum(1 for n in plain_runs.values() if n > 1)} "
+        f"extra_plain_runs={sum(plain_runs.values()) - len(plain_runs)} attempts={attempts} "
+        f"jobs_charged_a_lost_attempt={charged}"
+    )
     for worker in alive:
         worker.kill(watchdog=True)
 
@@ -72,8 +84,14 @@ def test_connections_terminated_again_and_again_lose_no_job_and_repeat_no_atomic
     reconnect and finish every job."""
     runs = tmp_path / "runs"
     jobs = enqueue_many(
-        [{"job": "tests.acceptance.storm_atomic" if i % 2 else "tests.acceptance.storm_plain",
-          "payload": {"runs": str(runs), "ms": 10 + i % 30}} for i in range(JOBS)])
+        [
+            {
+                "job": "tests.acceptance.storm_atomic" if i % 2 else "tests.acceptance.storm_plain",
+                "payload": {"runs": str(runs), "ms": 10 + i % 30},
+            }
+            for i in range(JOBS)
+        ]
+    )
     atomic = {j.pk for j in jobs if j.name == "tests.acceptance.storm_atomic"}
     alive = [workers(*OPTIONS) for _ in range(WORKERS)]
     rounds = terminated = 0
@@ -81,13 +99,18 @@ def test_connections_terminated_again_and_again_lose_no_job_and_repeat_no_atomic
     while time.monotonic() < deadline and Job.objects.exclude(status=Status.SUCCEEDED).exists():
         time.sleep(0.5)  # the outages' rhythm, not a synchronisation
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
             terminated += len(cursor.fetchall())
         rounds += 1
 
-    wait_for(lambda: not Job.objects.exclude(status=Status.SUCCEEDED).exists(), timeout=90,
-             message=lambda: f"every job to succeed: {statuses()}")
+    wait_for(
+        lambda: not Job.objects.exclude(status=Status.SUCCEEDED).exists(),
+        timeout=90,
+        message=lambda: f"every job to succeed: {statuses()}",
+    )
     assert not DeadLetter.objects.exists()
     assert all(worker.alive() for worker in alive)
     effects = Counter(Effect.objects.values_list("job_id", flat=True))
@@ -95,7 +118,9 @@ def test_connections_terminated_again_and_again_lose_no_job_and_repeat_no_atomic
     plain_runs = Counter(int(line) for line in runs.read_text().split())
     assert set(plain_runs) == {j.pk for j in jobs} - atomic
     attempts = Job.objects.aggregate(total=Sum("attempts"))["total"]
-    print(f"\nconnections terminated: jobs={JOBS} workers={WORKERS} rounds={rounds} connections={terminated} "
-          f"lost=0 duplicated_atomic_effects=0 plain_jobs_run_twice={sum(1 for n in plain_runs.values() if n > 1)} "
-          f"attempts={attempts} (failed attempts {attempts - JOBS})")
+    print(
+        f"\nconnections terminated: jobs={JOBS} workers={WORKERS} rounds={rounds} connections={terminated} "
+        f"lost=0 duplicated_atomic_effects=0 plain_jobs_run_twice={sum(1 for n in plain_runs.values() if n > 1)} "
+        f"attempts={attempts} (failed attempts {attempts - JOBS})"
+    )
     assert [worker.stop() for worker in alive] == [0] * WORKERS

@@ -1,6 +1,7 @@
 """@job(timeout=...): an attempt past its timeout fails as timed out and is retried, while the
 worker keeps its concurrency; too many stuck threads make the worker exit for a fresh process;
 an atomic job's statements are cancelled by the database (issue 13, item 9)."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,12 +18,17 @@ from .helpers import status_of, statuses, wait_for
 def test_an_attempt_past_its_timeout_is_retried_then_dead_and_the_worker_keeps_its_concurrency(workers, tmp_path):
     hung = enqueue("tests.acceptance.hangs", {"dir": str(tmp_path)})
     worker = workers("--concurrency", "2", "--poll-interval", "0.1")
-    wait_for(lambda: status_of(hung) == Status.DEAD, timeout=30,
-             message=lambda: f"the hung job to time out twice: {statuses()}\n{worker.output()}")
+    wait_for(
+        lambda: status_of(hung) == Status.DEAD,
+        timeout=30,
+        message=lambda: f"the hung job to time out twice: {statuses()}\n{worker.output()}",
+    )
     job = Job.objects.get(pk=hung.pk)
     assert (job.attempts, job.error) == (2, "timed out after 1 s")
-    assert list(JobExecution.objects.filter(job_id=hung.pk).order_by("attempt").values_list("outcome", "error")) == [
-        ("failed", "timed out after 1 s")] * 2
+    assert (
+        list(JobExecution.objects.filter(job_id=hung.pk).order_by("attempt").values_list("outcome", "error"))
+        == [("failed", "timed out after 1 s")] * 2
+    )
 
     # Two threads are stuck in the two attempts; the worker still runs two jobs at once.
     started = [tmp_path / f"block-{i}" for i in (1, 2)]
@@ -31,7 +37,7 @@ def test_an_attempt_past_its_timeout_is_retried_then_dead_and_the_worker_keeps_i
     wait_for(lambda: all(s.exists() for s in started), message=lambda: f"two jobs at once:\n{worker.output()}")
     release.touch()
     wait_for(lambda: {status_of(b) for b in blocking} == {Status.SUCCEEDED}, message=lambda: worker.output())
-    assert "timed out job_id=%s name=tests.acceptance.hangs attempt=1 after 1s" % hung.pk in worker.output()
+    assert f"timed out job_id={hung.pk} name=tests.acceptance.hangs attempt=1 after 1s" in worker.output()
     assert worker.alive()
     assert worker.stop() == 0
 

@@ -1,5 +1,6 @@
 """Jobs are rows in the caller's transaction: invisible to workers until commit, gone on
 rollback, and one per idempotency key even when two transactions race for it."""
+
 from __future__ import annotations
 
 import threading
@@ -84,8 +85,10 @@ def test_second_enqueue_with_a_key_waits_for_the_first_then_returns_its_job():
         wait_for(first_wrote.is_set, message="the first enqueue")
         second_call = in_thread(second, "second")
         # The second INSERT waits on the first's uncommitted key: a lock, not a check-then-insert.
-        wait_for(lambda: second_backend and waiting_on_lock(second_backend[0]),
-                 message="the second enqueue to wait for the first transaction")
+        wait_for(
+            lambda: second_backend and waiting_on_lock(second_backend[0]),
+            message="the second enqueue to wait for the first transaction",
+        )
         assert not second_call.done()
     finally:
         first_may_commit.set()
@@ -122,8 +125,10 @@ def test_second_enqueue_with_a_key_writes_its_job_when_the_first_rolls_back():
     try:
         wait_for(first_wrote.is_set, message="the first enqueue")
         second_call = in_thread(second, "second")
-        wait_for(lambda: second_backend and waiting_on_lock(second_backend[0]),
-                 message="the second enqueue to wait for the first transaction")
+        wait_for(
+            lambda: second_backend and waiting_on_lock(second_backend[0]),
+            message="the second enqueue to wait for the first transaction",
+        )
     finally:
         first_may_end.set()
     first_call.result()

@@ -1,4 +1,5 @@
 """Fixtures for integration tests: a real database, workers run in-process."""
+
 from __future__ import annotations
 
 import signal
@@ -85,7 +86,8 @@ def count_inserts():
 
     class Counter(CaptureQueriesContext):
         def __call__(self) -> int:
-            return sum("INSERT INTO" in q["sql"].upper() and "DOCTORJOB_JOB" in q["sql"].upper()
-                       for q in self.captured_queries)
+            return sum(
+                "INSERT INTO" in q["sql"].upper() and "DOCTORJOB_JOB" in q["sql"].upper() for q in self.captured_queries
+            )
 
     return lambda: Counter(connection)

@@ -1,5 +1,6 @@
 """factory-boy factories for rows enqueue() does not create itself: dead letters and jobs in
 odd states. Never use them to bypass enqueue() when testing it."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -78,7 +79,9 @@ class DeadLetterFactory(DjangoModelFactory):
         requeued = factory.Trait(
             requeued_at=factory.LazyFunction(timezone.now),
             requeued_job=factory.SubFactory(
-                JobFactory, name=factory.SelfAttribute("..name"), queue=factory.SelfAttribute("..queue"),
+                JobFactory,
+                name=factory.SelfAttribute("..name"),
+                queue=factory.SelfAttribute("..queue"),
                 payload=factory.SelfAttribute("..payload"),
             ),
         )

@@ -1,5 +1,6 @@
 """The admin through real requests: requeue dead letters (action and button), retry and cancel
 jobs, permissions, CSRF, validation of a corrected payload, escaping of user data."""
+
 from __future__ import annotations
 
 import re
@@ -27,8 +28,9 @@ def login(client):
 
     def login(*codenames: str, as_client: Client | None = None) -> Client:
         user = User.objects.create_user(username="-".join(codenames) or "staff", is_staff=True)
-        user.user_permissions.set(Permission.objects.filter(content_type__app_label="doctorjob",
-                                                            codename__in=codenames))
+        user.user_permissions.set(
+            Permission.objects.filter(content_type__app_label="doctorjob", codename__in=codenames)
+        )
         (as_client or client).force_login(user)
         return as_client or client
 
@@ -44,8 +46,10 @@ def requeue_url(letter: DeadLetter) -> str:
 
 
 def run_action(client: Client, model: str, action: str, objs) -> object:
-    return client.post(reverse(f"admin:doctorjob_{model}_changelist"),
-                       {"action": action, "index": 0, "_selected_action": [o.pk for o in objs]})
+    return client.post(
+        reverse(f"admin:doctorjob_{model}_changelist"),
+        {"action": action, "index": 0, "_selected_action": [o.pk for o in objs]},
+    )
 
 
 def messages_of(response) -> list[str]:
@@ -53,6 +57,7 @@ def messages_of(response) -> list[str]:
 
 
 # Requeue: the button on the detail page
+
 
 def test_requeue_button_creates_fresh_queued_job_and_marks_dead_letter(login):
     client = login("view_deadletter", "requeue_deadletter")
@@ -65,7 +70,13 @@ def test_requeue_button_creates_fresh_queued_job_and_marks_dead_letter(login):
     job = letter.requeued_job
     assert letter.requeued_at is not None
     assert (job.name, job.queue, job.priority, job.status, job.attempts, job.payload) == (
-        "tests.typed", "emails", 5, Status.QUEUED, 0, {"client_id": 7})
+        "tests.typed",
+        "emails",
+        5,
+        Status.QUEUED,
+        0,
+        {"client_id": 7},
+    )
     job_url = reverse("admin:doctorjob_job_change", args=[job.pk])
     assert messages_of(response) == [f'Requeued dead letter #{letter.pk} as <a href="{job_url}">job #{job.pk}</a>.']
     assert LogEntry.objects.get().get_change_message() == f"Requeued as job #{job.pk}."
@@ -170,6 +181,7 @@ def test_requeue_post_without_csrf_token_is_refused_and_with_the_pages_token_acc
 
 # Requeue: the list action
 
+
 def test_requeue_action_requeues_selected_dead_letters_and_skips_requeued_ones(login):
     client = login("view_deadletter", "requeue_deadletter")
     fresh = DeadLetterFactory.create_batch(2, payload={"n": 1})
@@ -189,6 +201,7 @@ def test_requeue_action_requeues_selected_dead_letters_and_skips_requeued_ones(l
 
 
 # Requeue: permissions
+
 
 def test_requeue_needs_requeue_permission_not_change(login):
     client = login("view_deadletter", "change_deadletter")
@@ -253,6 +266,7 @@ def test_dead_letters_cannot_be_added_or_edited_by_form(admin_client):
 
 
 # Jobs: actions, search, filters
+
 
 def test_retry_action_queues_only_dead_and_cancelled_jobs(login):
     client = login("view_job", "change_job")
@@ -333,10 +347,12 @@ def test_job_filter_by_status_queue_and_name(admin_client):
 
 # Escaping of user data
 
+
 def test_script_in_payload_and_error_is_escaped_in_lists_and_detail_pages(admin_client):
     job = JobFactory(dead=True, name=XSS, payload={"note": XSS}, error=XSS, traceback=XSS)
-    letter = DeadLetterFactory(job=job, name=XSS, payload={"note": XSS}, error=f"{XSS}\nsecond line",
-                               traceback=f"</pre>{XSS}")
+    letter = DeadLetterFactory(
+        job=job, name=XSS, payload={"note": XSS}, error=f"{XSS}\nsecond line", traceback=f"</pre>{XSS}"
+    )
     pages = [
         reverse("admin:doctorjob_job_changelist"),
         reverse("admin:doctorjob_job_change", args=[job.pk]),

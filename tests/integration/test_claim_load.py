@@ -2,6 +2,7 @@
 claim reads its ordered index at both sizes (never the whole backlog, never the future jobs),
 so claiming a batch costs about the same. The times are printed for docs/reliability.md (run
 with -s); speed itself is the benchmark's business, not an assertion here."""
+
 from __future__ import annotations
 
 import re
@@ -41,8 +42,7 @@ def claim_times(rounds: int = 30) -> list[float]:
 
 def claim_plan() -> str:
     explain = "EXPLAIN (ANALYZE, COSTS OFF) " + leases._CLAIM.format(filters="")
-    rows = db.execute(connection, explain, [[], BATCH, uuid.uuid4(), "explain", 30.0],
-                      planner=leases._CLAIM_PLANNER)
+    rows = db.execute(connection, explain, [[], BATCH, uuid.uuid4(), "explain", 30.0], planner=leases._CLAIM_PLANNER)
     return "\n".join(row[0] for row in rows)
 
 
@@ -59,9 +59,15 @@ def test_claiming_a_batch_reads_the_claim_index_from_1k_to_100k_queued_jobs():
         assert "Index Scan using doctorjob_job_claim_any" in plan, plan
         assert not re.search(r"Seq Scan on doctorjob_job\b", plan) and "Sort" not in plan, plan
         # The EXPLAIN ANALYZE above ran the claim: give its jobs back.
-        Job.objects.filter(worker="explain").update(status=Status.QUEUED, attempts=0, worker="", lease_id=None,
-                                                    lease_expires_at=None, started_at=None)
+        Job.objects.filter(worker="explain").update(
+            status=Status.QUEUED, attempts=0, worker="", lease_id=None, lease_expires_at=None, started_at=None
+        )
         times = sorted(claim_times())
         figures[queued] = (statistics.median(times), times[int(len(times) * 0.95) - 1])
-    print("\nclaim of " + str(BATCH) + " jobs, " + f"{LATER:,} more due later: " + "; ".join(
-        f"{queued:,} queued p50 {p50:.2f} ms p95 {p95:.2f} ms" for queued, (p50, p95) in figures.items()))
+    print(
+        "\nclaim of "
+        + str(BATCH)
+        + " jobs, "
+        + f"{LATER:,} more due later: "
+        + "; ".join(f"{queued:,} queued p50 {p50:.2f} ms p95 {p95:.2f} ms" for queued, (p50, p95) in figures.items())
+    )

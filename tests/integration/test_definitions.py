@@ -1,6 +1,7 @@
 """Job definitions and versions: sync_jobs, JobVersion rows, the version a job is enqueued with,
 minimal versions, the W001 check, DOCTORJOB['JOBS'] overrides, enqueue_job, and the admin's run
 now / pause / resume on definitions and queues."""
+
 from __future__ import annotations
 
 import logging
@@ -132,7 +133,9 @@ def test_a_job_below_the_minimal_version_is_skipped_with_its_reason_and_never_re
     assert execution.worker == worker.id and execution.started_at <= execution.finished_at
     assert not DeadLetter.objects.exists()
     assert list(Job.objects.filter(pk__in=[supported.pk, current.pk]).values_list("status", flat=True)) == [
-        Status.SUCCEEDED, Status.SUCCEEDED]
+        Status.SUCCEEDED,
+        Status.SUCCEEDED,
+    ]
 
 
 # -- the W001 check -----------------------------------------------------------------------------
@@ -185,44 +188,100 @@ def test_a_starting_worker_warns_about_options_changed_without_a_new_version(reg
 
     run_worker()
 
-    assert any(r.levelno == logging.WARNING and "job 'issue4.adhoc': options changed" in r.getMessage()
-               and "doctorjob.W001" in r.getMessage() for r in caplog.records)
+    assert any(
+        r.levelno == logging.WARNING
+        and "job 'issue4.adhoc': options changed" in r.getMessage()
+        and "doctorjob.W001" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 # -- DOCTORJOB['JOBS'] overrides: validation ----------------------------------------------------
 
 
-@pytest.mark.parametrize(("jobs", "check_id", "message"), [
-    ({"issue4.reprot": {}}, "doctorjob.E010",
-     "DOCTORJOB['JOBS']['issue4.reprot']: no job is registered under that name"),
-    ({"issue4.report": {"colour": "red"}}, "doctorjob.E011",
-     "DOCTORJOB['JOBS']['issue4.report']: unknown key 'colour'"),
-    ({"issue4.report": "nightly"}, "doctorjob.E011", "DOCTORJOB['JOBS']['issue4.report']: must be a dict"),
-    ({"issue4.report": {"schedule": "61 * * * *"}}, "doctorjob.E012",
-     "DOCTORJOB['JOBS']['issue4.report']: bad 'schedule': '61 * * * *' is not a valid cron expression"),
-    ({"issue4.report": {"schedule": "every day"}}, "doctorjob.E012",
-     "DOCTORJOB['JOBS']['issue4.report']: bad 'schedule': 'every day' is not a cron expression of 5 fields"),
-    ({"issue4.report": {"timezone": "Mars/Olympus_Mons"}}, "doctorjob.E013",
-     "DOCTORJOB['JOBS']['issue4.report']: bad 'timezone': unknown time zone 'Mars/Olympus_Mons'"),
-    ({"issue4.report": {"payload": {"format": "docx"}}}, "doctorjob.E014",
-     "DOCTORJOB['JOBS']['issue4.report']: bad 'payload': payload['format'] does not match the schema of job "
-     "'issue4.report'"),
-    ({"issue4.report": {"payload": {"format": "csv\x00"}}}, "doctorjob.E014",
-     "DOCTORJOB['JOBS']['issue4.report']: bad 'payload': payload['format'] of job 'issue4.report' holds a NUL"),
-    ({"issue4.report": {"payload": {"format": {1, 2}}}}, "doctorjob.E014",
-     "DOCTORJOB['JOBS']['issue4.report']: bad 'payload': payload['format'] of job 'issue4.report' is a set"),
-    ({"tests.typed": {"schedule": "0 3 * * *"}}, "doctorjob.E014",
-     "DOCTORJOB['JOBS']['tests.typed']: the schedule's payload (the job's default) fails: payload does not "
-     "match the schema of job 'tests.typed'"),
-    ({"issue4.report": {"version": 0}}, "doctorjob.E015",
-     "DOCTORJOB['JOBS']['issue4.report']: bad 'version': must be an integer from 1 to 2147483647, got 0"),
-    ({"issue4.report": {"version": 2**40}}, "doctorjob.E015",
-     "DOCTORJOB['JOBS']['issue4.report']: bad 'version': must be an integer from 1 to 2147483647"),
-    ({"issue4.report": {"paused": "yes"}}, "doctorjob.E016",
-     "DOCTORJOB['JOBS']['issue4.report']: bad 'paused': must be True or False, got 'yes'"),
-], ids=["unknown-job", "unknown-key", "not-a-dict", "bad-cron", "not-cron", "bad-timezone", "payload-vs-schema",
-        "payload-nul", "payload-not-json", "schedule-payload-vs-schema", "bad-version", "huge-version",
-        "bad-paused"])
+@pytest.mark.parametrize(
+    ("jobs", "check_id", "message"),
+    [
+        (
+            {"issue4.reprot": {}},
+            "doctorjob.E010",
+            "DOCTORJOB['JOBS']['issue4.reprot']: no job is registered under that name",
+        ),
+        (
+            {"issue4.report": {"colour": "red"}},
+            "doctorjob.E011",
+            "DOCTORJOB['JOBS']['issue4.report']: unknown key 'colour'",
+        ),
+        ({"issue4.report": "nightly"}, "doctorjob.E011", "DOCTORJOB['JOBS']['issue4.report']: must be a dict"),
+        (
+            {"issue4.report": {"schedule": "61 * * * *"}},
+            "doctorjob.E012",
+            "DOCTORJOB['JOBS']['issue4.report']: bad 'schedule': '61 * * * *' is not a valid cron expression",
+        ),
+        (
+            {"issue4.report": {"schedule": "every day"}},
+            "doctorjob.E012",
+            "DOCTORJOB['JOBS']['issue4.report']: bad 'schedule': 'every day' is not a cron expression of 5 fields",
+        ),
+        (
+            {"issue4.report": {"timezone": "Mars/Olympus_Mons"}},
+            "doctorjob.E013",
+            "DOCTORJOB['JOBS']['issue4.report']: bad 'timezone': unknown time zone 'Mars/Olympus_Mons'",
+        ),
+        (
+            {"issue4.report": {"payload": {"format": "docx"}}},
+            "doctorjob.E014",
+            "DOCTORJOB['JOBS']['issue4.report']: bad 'payload': payload['format'] does not match the schema of job "
+            "'issue4.report'",
+        ),
+        (
+            {"issue4.report": {"payload": {"format": "csv\x00"}}},
+            "doctorjob.E014",
+            "DOCTORJOB['JOBS']['issue4.report']: bad 'payload': payload['format'] of job 'issue4.report' holds a NUL",
+        ),
+        (
+            {"issue4.report": {"payload": {"format": {1, 2}}}},
+            "doctorjob.E014",
+            "DOCTORJOB['JOBS']['issue4.report']: bad 'payload': payload['format'] of job 'issue4.report' is a set",
+        ),
+        (
+            {"tests.typed": {"schedule": "0 3 * * *"}},
+            "doctorjob.E014",
+            "DOCTORJOB['JOBS']['tests.typed']: the schedule's payload (the job's default) fails: payload does not "
+            "match the schema of job 'tests.typed'",
+        ),
+        (
+            {"issue4.report": {"version": 0}},
+            "doctorjob.E015",
+            "DOCTORJOB['JOBS']['issue4.report']: bad 'version': must be an integer from 1 to 2147483647, got 0",
+        ),
+        (
+            {"issue4.report": {"version": 2**40}},
+            "doctorjob.E015",
+            "DOCTORJOB['JOBS']['issue4.report']: bad 'version': must be an integer from 1 to 2147483647",
+        ),
+        (
+            {"issue4.report": {"paused": "yes"}},
+            "doctorjob.E016",
+            "DOCTORJOB['JOBS']['issue4.report']: bad 'paused': must be True or False, got 'yes'",
+        ),
+    ],
+    ids=[
+        "unknown-job",
+        "unknown-key",
+        "not-a-dict",
+        "bad-cron",
+        "not-cron",
+        "bad-timezone",
+        "payload-vs-schema",
+        "payload-nul",
+        "payload-not-json",
+        "schedule-payload-vs-schema",
+        "bad-version",
+        "huge-version",
+        "bad-paused",
+    ],
+)
 def test_each_bad_override_is_an_error_naming_the_job_and_the_key(jobs, check_id, message):
     with doctorjob_settings(**jobs):
         [error] = check_job_overrides()
@@ -246,8 +305,15 @@ def test_manage_py_check_refuses_bad_overrides_with_their_ids():
 
 
 def test_valid_overrides_pass_the_checks():
-    overrides = {"issue4.report": {"schedule": "*/30 * * * * *", "payload": {"format": "pdf"}, "version": 2,
-                                   "paused": True, "timezone": "Europe/Paris"}}
+    overrides = {
+        "issue4.report": {
+            "schedule": "*/30 * * * * *",
+            "payload": {"format": "pdf"},
+            "version": 2,
+            "paused": True,
+            "timezone": "Europe/Paris",
+        }
+    }
     with doctorjob_settings(**overrides):
         assert check_job_overrides() == []
 
@@ -257,8 +323,9 @@ def test_valid_overrides_pass_the_checks():
 
 def test_sync_applies_the_overrides_of_schedule_payload_version_and_pause():
     definitions.sync()
-    overrides = {"issue4.report": {"schedule": "0 6 * * 1-5", "payload": {"format": "pdf"}, "version": 2,
-                                   "paused": True}}
+    overrides = {
+        "issue4.report": {"schedule": "0 6 * * 1-5", "payload": {"format": "pdf"}, "version": 2, "paused": True}
+    }
     with doctorjob_settings(**overrides):
         assert definitions.sync() == ["changed issue4.report"]
         job = enqueue("issue4.report", {"format": "csv"})
@@ -327,12 +394,18 @@ def test_enqueue_job_with_a_payload_enqueues_that_payload():
     assert Job.objects.get().payload == {"format": "pdf", "rows": 10}
 
 
-@pytest.mark.parametrize(("args", "complaint"), [
-    (["issue4.reprot"], "unknown job 'issue4.reprot'; did you mean 'issue4.report'"),
-    (["issue4.report", "--payload", '{"format": "pdf"'], "--payload is not valid JSON: Expecting ',' delimiter"),
-    (["issue4.report", "--payload", '{"format": "docx"}'],
-     "payload['format'] does not match the schema of job 'issue4.report'"),
-], ids=["unknown-name", "bad-json", "payload-vs-schema"])
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["issue4.reprot"], "unknown job 'issue4.reprot'; did you mean 'issue4.report'"),
+        (["issue4.report", "--payload", '{"format": "pdf"'], "--payload is not valid JSON: Expecting ',' delimiter"),
+        (
+            ["issue4.report", "--payload", '{"format": "docx"}'],
+            "payload['format'] does not match the schema of job 'issue4.report'",
+        ),
+    ],
+    ids=["unknown-name", "bad-json", "payload-vs-schema"],
+)
 def test_enqueue_job_refuses_with_a_non_zero_exit_and_writes_nothing(args, complaint):
     with pytest.raises(CommandError) as refused:
         enqueue_job(*args)
@@ -384,8 +457,9 @@ def staff(client):
 
     def login(*codenames: str):
         user = User.objects.create_user(username="-".join(codenames) or "staff", is_staff=True)
-        user.user_permissions.set(Permission.objects.filter(content_type__app_label="doctorjob",
-                                                            codename__in=codenames))
+        user.user_permissions.set(
+            Permission.objects.filter(content_type__app_label="doctorjob", codename__in=codenames)
+        )
         client.force_login(user)
         return client
 
@@ -395,8 +469,11 @@ def staff(client):
 def post_action(client, model: str, action: str, rows):
     """POST the action as the changelist's form does; follow the redirect to the page showing
     its messages."""
-    return client.post(reverse(f"admin:doctorjob_{model}_changelist"),
-                       {"action": action, "index": 0, "_selected_action": [r.pk for r in rows]}, follow=True)
+    return client.post(
+        reverse(f"admin:doctorjob_{model}_changelist"),
+        {"action": action, "index": 0, "_selected_action": [r.pk for r in rows]},
+        follow=True,
+    )
 
 
 def messages_of(response) -> list[str]:
@@ -457,7 +534,8 @@ def test_pause_and_resume_actions_on_queues(staff):
     queue = QueueState.objects.get(name="issue4")
 
     assert messages_of(post_action(client, "queuestate", "pause", [queue])) == [
-        "Paused 1 queue: workers will not claim from them."]
+        "Paused 1 queue: workers will not claim from them."
+    ]
     assert QueueState.objects.get(name="issue4").paused
     assert messages_of(post_action(client, "queuestate", "resume", [queue])) == ["Resumed 1 queue."]
     assert not QueueState.objects.get(name="issue4").paused

@@ -1,6 +1,7 @@
 """Hypothesis against enqueue(), enqueue_many(), the requeue form and the DOCTORJOB checks: every
 input either writes exactly what it says or raises doctorjob's own error, with nothing written
 and the caller's transaction still usable (issue 13)."""
+
 from __future__ import annotations
 
 import json
@@ -22,17 +23,24 @@ from .factories import DeadLetterFactory
 
 pytestmark = pytest.mark.django_db
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                        HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 # Text of every kind: NUL, lone surrogates, astral characters, quotes and backslashes.
 text = st.text(st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=20)
 # (Integers of more than 4,300 digits are refused too, see test_hostile_input: Hypothesis cannot
 # print them.)
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**200), max_value=2**200)
-           | st.floats(allow_nan=True, allow_infinity=True) | text)
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                      | st.dictionaries(text, inner, max_size=4), max_leaves=30)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**200), max_value=2**200)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | text
+)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4), max_leaves=30
+)
 deep = st.integers(min_value=25, max_value=60).map(lambda n: _nested(n))
 payloads = values | deep | st.sets(st.integers(), max_size=2) | st.builds(object)
 
@@ -61,14 +69,18 @@ def same(stored, sent) -> bool:
     return type(stored) is type(sent) and stored == sent
 
 
-options = st.fixed_dictionaries({}, optional={
-    "key": st.none() | text | st.text(min_size=250, max_size=300),
-    "priority": st.integers(min_value=-(2**40), max_value=2**40),
-    "max_attempts": st.integers(min_value=-5, max_value=2**40),
-    "delay": st.floats(allow_nan=True, allow_infinity=True) | st.integers(min_value=-10, max_value=10**15)
-    | st.just(timedelta.max),
-    "queue": text | st.sampled_from(["default", "emails", "a,b", " q"]),
-})
+options = st.fixed_dictionaries(
+    {},
+    optional={
+        "key": st.none() | text | st.text(min_size=250, max_size=300),
+        "priority": st.integers(min_value=-(2**40), max_value=2**40),
+        "max_attempts": st.integers(min_value=-5, max_value=2**40),
+        "delay": st.floats(allow_nan=True, allow_infinity=True)
+        | st.integers(min_value=-10, max_value=10**15)
+        | st.just(timedelta.max),
+        "queue": text | st.sampled_from(["default", "emails", "a,b", " q"]),
+    },
+)
 
 
 def written_or_refused(call) -> list[Job] | None:
@@ -102,18 +114,24 @@ def test_enqueue_writes_what_it_says_or_raises_its_own_error(payload, options):
 def test_enqueue_many_writes_all_or_nothing(items):
     def call():
         jobs = enqueue_many(items)
-        assert same([Job.objects.get(pk=j.pk).payload for j in jobs],
-                    [_as_json(p) if p is not None else {} for _, p in items])
+        assert same(
+            [Job.objects.get(pk=j.pk).payload for j in jobs], [_as_json(p) if p is not None else {} for _, p in items]
+        )
         return jobs
 
     written_or_refused(call)
 
 
 @FUZZ
-@given(body=text | st.recursive(st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats() | text,
-                                lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
-                                max_leaves=20).map(lambda v: json.dumps(v, allow_nan=True))
-       | st.just("[" + "9" * 5000 + "]"))
+@given(
+    body=text
+    | st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats() | text,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+        max_leaves=20,
+    ).map(lambda v: json.dumps(v, allow_nan=True))
+    | st.just("[" + "9" * 5000 + "]")
+)
 def test_the_requeue_form_accepts_json_or_says_what_is_wrong(body):
     letter = DeadLetterFactory.build()
     form = RequeueForm({"payload": body}, dead_letter=letter)
@@ -123,14 +141,37 @@ def test_the_requeue_form_accepts_json_or_says_what_is_wrong(body):
         assert form.errors["payload"]
 
 
-setting_values = st.none() | st.booleans() | st.integers() | st.floats() | text | st.just(timedelta.max) \
+setting_values = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | text
+    | st.just(timedelta.max)
     | st.dictionaries(text, st.integers() | st.floats(), max_size=3)
+)
 
 
 @FUZZ
-@given(setting=st.dictionaries(st.sampled_from(["LEASE", "BATCH_SIZE", "CONCURRENCY", "POLL_INTERVAL",
-                                                "SHUTDOWN_TIMEOUT", "KEEP_SUCCEEDED", "BACKOFF", "TIMEOUT",
-                                                "MAX_PAYLOAD_BYTES"]), setting_values, max_size=3))
+@given(
+    setting=st.dictionaries(
+        st.sampled_from(
+            [
+                "LEASE",
+                "BATCH_SIZE",
+                "CONCURRENCY",
+                "POLL_INTERVAL",
+                "SHUTDOWN_TIMEOUT",
+                "KEEP_SUCCEEDED",
+                "BACKOFF",
+                "TIMEOUT",
+                "MAX_PAYLOAD_BYTES",
+            ]
+        ),
+        setting_values,
+        max_size=3,
+    )
+)
 def test_the_checks_accept_only_settings_a_worker_can_run_with(setting):
     with override_settings(DOCTORJOB=setting):
         errors = check_settings(None)

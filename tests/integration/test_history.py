@@ -1,6 +1,7 @@
 """Execution history and workers: a JobExecution row per attempt (succeeded, failed, lost),
 Worker rows (registered while running, removed on exit, marked lost when their heartbeat stops),
 the admin pages showing them, and the job's context on every log record made in a handler."""
+
 from __future__ import annotations
 
 import logging
@@ -85,21 +86,31 @@ def test_a_job_that_fails_every_attempt_has_a_failed_execution_per_attempt(run_w
     run_worker()
 
     assert [(e.attempt, e.outcome, e.error) for e in executions(job)] == [
-        (n, Outcome.FAILED, f"RuntimeError: attempt {n} failed") for n in (1, 2, 3)]
+        (n, Outcome.FAILED, f"RuntimeError: attempt {n} failed") for n in (1, 2, 3)
+    ]
     assert Job.objects.get(pk=job.pk).status == Status.DEAD
 
 
 @in_worker
 def test_an_attempt_whose_worker_vanished_is_recorded_lost_with_that_worker(run_worker):
     started = timezone.now() - timedelta(seconds=40)
-    job = JobFactory(running=True, name="tests.noop", worker="gone-host:4242:abcdef", started_at=started,
-                     lease_expires_at=started + timedelta(seconds=30))
+    job = JobFactory(
+        running=True,
+        name="tests.noop",
+        worker="gone-host:4242:abcdef",
+        started_at=started,
+        lease_expires_at=started + timedelta(seconds=30),
+    )
 
     run_worker()  # sweeps the expired lease, then runs the job again
 
     lost, succeeded = executions(job)
-    assert (lost.attempt, lost.outcome, lost.worker, lost.error) == (1, Outcome.LOST, "gone-host:4242:abcdef",
-                                                                      WORKER_LOST)
+    assert (lost.attempt, lost.outcome, lost.worker, lost.error) == (
+        1,
+        Outcome.LOST,
+        "gone-host:4242:abcdef",
+        WORKER_LOST,
+    )
     assert lost.started_at == started and lost.duration == lost.finished_at - started
     assert (succeeded.attempt, succeeded.outcome) == (2, Outcome.SUCCEEDED)
 
@@ -124,10 +135,16 @@ def test_a_worker_has_a_row_while_it_runs_and_removes_it_on_a_clean_exit(run_wor
 
     run_worker(queues=["default", "emails"], concurrency=2, lease=6)
 
-    assert Job.objects.get(pk=job.pk).result == [{
-        "host": socket.gethostname(), "pid": os.getpid(), "queues": "default,emails", "concurrency": 2,
-        "lease": 6.0, "lost": False,
-    }]
+    assert Job.objects.get(pk=job.pk).result == [
+        {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": "default,emails",
+            "concurrency": 2,
+            "lease": 6.0,
+            "lost": False,
+        }
+    ]
     assert not Worker.objects.exists()
 
 
@@ -140,20 +157,29 @@ def test_a_worker_marks_rows_lost_once_their_heartbeat_is_older_than_three_lease
 
     run_worker()
 
-    assert {w.pk: w.lost for w in Worker.objects.all()} == {stopped.pk: True, beating.pk: False,
-                                                            long_lease.pk: False}
+    assert {w.pk: w.lost for w in Worker.objects.all()} == {stopped.pk: True, beating.pk: False, long_lease.pk: False}
 
 
 # -- the admin ----------------------------------------------------------------------------------
 
 
 def test_the_job_page_lists_its_executions(admin_client):
-    failed = JobExecutionFactory(outcome=Outcome.FAILED, error="RuntimeError: smtp down", attempt=1,
-                                 job__status=Status.SKIPPED, job__attempts=2, job__name="issue4.versioned",
-                                 job__error="version 1 of job 'issue4.versioned' is below its minimal "
-                                            "supported version 2")
-    JobExecutionFactory(job=failed.job, attempt=2, outcome=Outcome.SKIPPED, worker="host-b:2:abcdef",
-                        error="version 1 of job 'issue4.versioned' is below its minimal supported version 2")
+    failed = JobExecutionFactory(
+        outcome=Outcome.FAILED,
+        error="RuntimeError: smtp down",
+        attempt=1,
+        job__status=Status.SKIPPED,
+        job__attempts=2,
+        job__name="issue4.versioned",
+        job__error="version 1 of job 'issue4.versioned' is below its minimal supported version 2",
+    )
+    JobExecutionFactory(
+        job=failed.job,
+        attempt=2,
+        outcome=Outcome.SKIPPED,
+        worker="host-b:2:abcdef",
+        error="version 1 of job 'issue4.versioned' is below its minimal supported version 2",
+    )
 
     page = admin_client.get(reverse("admin:doctorjob_job_change", args=[failed.job.pk]))
 
@@ -219,7 +245,8 @@ def test_every_log_record_made_inside_a_handler_carries_the_jobs_context(run_wor
     assert {(r.job_id, r.job_name, r.job_version) for r in inside} == {(job.pk, "issue4.logs", 2)}
     assert sorted(r.attempt for r in inside) == [1] * 5 + [2] * 5
     assert [r.getMessage() for r in inside if "ctx.logger" in r.getMessage()] == [
-        f"[job_id={job.pk} name=issue4.logs] issue4-inside ctx.logger info"] * 2
+        f"[job_id={job.pk} name=issue4.logs] issue4-inside ctx.logger info"
+    ] * 2
 
 
 @in_worker
@@ -229,8 +256,9 @@ def test_log_records_made_outside_a_handler_have_empty_job_context(run_worker, l
     run_worker()
     logging.getLogger("issue4.some_library").warning("issue4-outside")
 
-    outside = [r for r in log_records if r.getMessage().startswith(("worker started", "succeeded job_id",
-                                                                     "issue4-outside"))]
+    outside = [
+        r for r in log_records if r.getMessage().startswith(("worker started", "succeeded job_id", "issue4-outside"))
+    ]
     assert len(outside) == 3
     # Present but None, so a formatter using %(job_id)s works on every line.
     assert all((r.job_id, r.job_name, r.attempt, r.job_version) == (None, None, None, None) for r in outside)

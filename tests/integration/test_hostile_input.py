@@ -1,6 +1,7 @@
 """Hostile input: every bad value is refused in Python before any SQL, naming it, with nothing
 written and the caller's transaction usable; and what a handler raises or returns never kills
 the worker (issue 13)."""
+
 from __future__ import annotations
 
 import threading
@@ -36,14 +37,18 @@ def refused(error: type[Exception], match: str, **kwargs) -> None:
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("payload", "match"), [
-    ({"text": "a\x00b"}, r"payload\['text'\] of job 'tests.noop' holds a NUL character"),
-    ({"k\x00": 1}, r"payload key 'k\\x00' of job 'tests.noop' holds a NUL character"),
-    ({"text": "x\udc80"}, r"payload\['text'\] of job 'tests.noop' holds a lone surrogate"),
-    (nested(MAX_DEPTH + 1), rf"is nested deeper than {MAX_DEPTH} levels"),
-    (nested(10_000), rf"is nested deeper than {MAX_DEPTH} levels"),
-    ({"n": 10**5000}, r"payload\['n'\] of job 'tests.noop' is an integer of more than 4,000 digits"),
-], ids=["nul", "nul-key", "surrogate", "too-deep", "ten-thousand-levels", "huge-int"])
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        ({"text": "a\x00b"}, r"payload\['text'\] of job 'tests.noop' holds a NUL character"),
+        ({"k\x00": 1}, r"payload key 'k\\x00' of job 'tests.noop' holds a NUL character"),
+        ({"text": "x\udc80"}, r"payload\['text'\] of job 'tests.noop' holds a lone surrogate"),
+        (nested(MAX_DEPTH + 1), rf"is nested deeper than {MAX_DEPTH} levels"),
+        (nested(10_000), rf"is nested deeper than {MAX_DEPTH} levels"),
+        ({"n": 10**5000}, r"payload\['n'\] of job 'tests.noop' is an integer of more than 4,000 digits"),
+    ],
+    ids=["nul", "nul-key", "surrogate", "too-deep", "ten-thousand-levels", "huge-int"],
+)
 def test_a_payload_the_databases_cannot_store_is_refused_before_any_sql(payload, match):
     refused(InvalidPayload, match, payload=payload)
 
@@ -57,8 +62,9 @@ def test_the_deepest_payload_allowed_is_written():
 @pytest.mark.django_db
 @override_settings(DOCTORJOB={"MAX_PAYLOAD_BYTES": 100})
 def test_a_payload_larger_than_max_payload_bytes_is_refused_alone_or_in_a_batch():
-    refused(InvalidPayload, r"payload of job 'tests.noop' is 1\d\d bytes of JSON; .*allows 100",
-            payload={"blob": "x" * 100})
+    refused(
+        InvalidPayload, r"payload of job 'tests.noop' is 1\d\d bytes of JSON; .*allows 100", payload={"blob": "x" * 100}
+    )
     with transaction.atomic():
         with pytest.raises(InvalidPayload, match="allows 100"):
             enqueue_many([("tests.noop", {"n": i}) for i in range(20)] + [("tests.noop", {"blob": "x" * 100})])
@@ -66,20 +72,35 @@ def test_a_payload_larger_than_max_payload_bytes_is_refused_alone_or_in_a_batch(
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"key": "k\x00"}, "key must be a non-empty string of at most 255 characters with no NUL"),
-    ({"key": "k\udc80"}, "key must be .* lone surrogate"),
-    ({"key": "k" * 256}, "key must be a non-empty string of at most 255 characters"),
-    ({"priority": 2**31}, "priority must be an integer from -2147483648 to 2147483647"),
-    ({"priority": -(2**31) - 1}, "priority must be an integer from"),
-    ({"max_attempts": 2**31}, "max_attempts must be an integer from 1 to 2147483647"),
-    ({"delay": 1e20}, "delay 1e\\+20 runs past the year 9999"),
-    ({"delay": timedelta.max}, "runs past the year 9999"),
-    ({"queue": "a,b"}, "a queue name is 1 to 100 letters, digits"),
-    ({"queue": " a"}, "a queue name is"),
-    ({"queue": "a" * 101}, "a queue name is"),
-], ids=["nul-key", "surrogate-key", "long-key", "big-priority", "small-priority", "big-max-attempts",
-        "huge-delay", "timedelta-max", "comma-queue", "spaced-queue", "long-queue"])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"key": "k\x00"}, "key must be a non-empty string of at most 255 characters with no NUL"),
+        ({"key": "k\udc80"}, "key must be .* lone surrogate"),
+        ({"key": "k" * 256}, "key must be a non-empty string of at most 255 characters"),
+        ({"priority": 2**31}, "priority must be an integer from -2147483648 to 2147483647"),
+        ({"priority": -(2**31) - 1}, "priority must be an integer from"),
+        ({"max_attempts": 2**31}, "max_attempts must be an integer from 1 to 2147483647"),
+        ({"delay": 1e20}, "delay 1e\\+20 runs past the year 9999"),
+        ({"delay": timedelta.max}, "runs past the year 9999"),
+        ({"queue": "a,b"}, "a queue name is 1 to 100 letters, digits"),
+        ({"queue": " a"}, "a queue name is"),
+        ({"queue": "a" * 101}, "a queue name is"),
+    ],
+    ids=[
+        "nul-key",
+        "surrogate-key",
+        "long-key",
+        "big-priority",
+        "small-priority",
+        "big-max-attempts",
+        "huge-delay",
+        "timedelta-max",
+        "comma-queue",
+        "spaced-queue",
+        "long-queue",
+    ],
+)
 def test_an_option_the_databases_cannot_store_is_refused_before_any_sql(kwargs, match):
     refused(InvalidEnqueue, match, **kwargs)
 
@@ -88,8 +109,12 @@ def test_an_option_the_databases_cannot_store_is_refused_before_any_sql(kwargs, 
 def test_a_concurrency_key_over_255_characters_is_refused():
     with restored_registry():
         job("hostile.per_key", concurrency_key=lambda payload: payload["k"])(lambda payload, ctx: None)
-        refused(InvalidPayload, "concurrency key of job 'hostile.per_key' must be at most 255 characters",
-                job="hostile.per_key", payload={"k": "x" * 300})
+        refused(
+            InvalidPayload,
+            "concurrency key of job 'hostile.per_key' must be at most 255 characters",
+            job="hostile.per_key",
+            payload={"k": "x" * 300},
+        )
 
 
 def test_a_queue_name_run_jobs_could_not_select_is_refused_by_job():
@@ -103,8 +128,10 @@ def test_a_queue_name_run_jobs_could_not_select_is_refused_by_job():
 
 @pytest.mark.django_db(transaction=True, available_apps=["doctorjob", "tests.testapp"])
 def test_poison_results_and_errors_fail_or_are_kept_escaped_and_the_worker_runs_everything_else(run_worker):
-    jobs = {kind: enqueue("integration.poison", {"kind": kind})
-            for kind in ("unprintable", "nul-error", "nul-result", "huge-int", "fine")}
+    jobs = {
+        kind: enqueue("integration.poison", {"kind": kind})
+        for kind in ("unprintable", "nul-error", "nul-result", "huge-int", "fine")
+    }
     others = enqueue_many([("tests.noop", {"n": i}) for i in range(20)])
     run_worker(concurrency=2, batch_size=50)
 
@@ -127,8 +154,9 @@ def test_poison_results_and_errors_fail_or_are_kept_escaped_and_the_worker_runs_
 @pytest.mark.django_db(transaction=True, available_apps=["doctorjob", "tests.testapp"])
 def test_an_outcome_the_database_refuses_fails_its_own_job_alone(run_worker):
     with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE doctorjob_job ADD CONSTRAINT refuse_poison "
-                       "CHECK (result IS NULL OR NOT result ? 'poison')")
+        cursor.execute(
+            "ALTER TABLE doctorjob_job ADD CONSTRAINT refuse_poison CHECK (result IS NULL OR NOT result ? 'poison')"
+        )
     try:
         bad = enqueue("integration.poison", {"kind": "refused"})
         good = enqueue_many([("integration.poison", {"kind": "fine"}) for _ in range(10)])

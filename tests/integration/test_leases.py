@@ -1,5 +1,6 @@
 """The state changes a worker writes, each fenced by the lease it claimed the job under, and the
 maintenance chores that rescue and prune jobs."""
+
 from __future__ import annotations
 
 import threading
@@ -72,8 +73,16 @@ def test_claim_marks_jobs_running_under_a_new_lease():
 
 
 def test_claim_returns_each_payload_as_it_was_enqueued():
-    payloads = [{"text": "zoë ✓ 💡", "nested": {"list": [1, 2.5, None, True, "x"]}}, ["a", {"b": []}],
-                "a JSON string", 12, 1.5, False, {}, {"escapes": "quote \" backslash \\ newline \n tab \t"}]
+    payloads = [
+        {"text": "zoë ✓ 💡", "nested": {"list": [1, 2.5, None, True, "x"]}},
+        ["a", {"b": []}],
+        "a JSON string",
+        12,
+        1.5,
+        False,
+        {},
+        {"escapes": 'quote " backslash \\ newline \n tab \t'},
+    ]
     jobs = enqueue_many([("tests.noop", payload) for payload in payloads])
     claimed = {job.id: job.payload for job in claim(limit=len(payloads))}
     assert [claimed[job.pk] for job in jobs] == payloads
@@ -85,7 +94,7 @@ def test_the_payload_loader_reads_jsonb_from_bytes_and_memoryview_and_refuses_ot
     document = b'\x01{"text": "zo\xc3\xab", "n": [1, 2.5, null]}'
     assert load(document) == load(memoryview(document)) == {"text": "zoë", "n": [1, 2.5, None]}
     with pytest.raises(psycopg.DataError, match="unknown jsonb binary format: 2"):
-        load(b'\x02{}')
+        load(b"\x02{}")
 
 
 def test_claim_counts_the_attempt_each_time():
@@ -227,7 +236,6 @@ def test_renew_of_nothing_is_a_no_op():
     assert leases.renew(DB, [], 30) == 0
 
 
-
 def test_renew_counts_from_the_databases_clock():
     enqueue("tests.noop")
     (job,) = claim(lease=5)
@@ -253,16 +261,23 @@ def test_finish_records_many_successes_at_once():
         assert before <= row.finished_at <= db.database_now(connection)
         assert (j.status, j.result, j.finished_at) == (Status.SUCCEEDED, {"i": i}, row.finished_at)
     executions = JobExecution.objects.filter(job_id__in=[j.id for j in jobs])
-    assert sorted(executions.values_list("outcome", "worker", "attempt", "duration")) == [
-        ("succeeded", "worker-a", 1, timedelta(seconds=0.5))] * 3
+    assert (
+        sorted(executions.values_list("outcome", "worker", "attempt", "duration"))
+        == [("succeeded", "worker-a", 1, timedelta(seconds=0.5))] * 3
+    )
 
 
 def test_finish_by_a_worker_whose_lease_was_taken_over_changes_nothing():
     enqueue_many_noop(2)
     old, other = claim(lease=5)
     new = take_over(old)
-    assert finish(Finish(old, SUCCEEDED, "late"), Finish(other, SUCCEEDED, "ok"), Finish(old, DEAD, error="x"),
-                  Finish(old, RETRYING, error="x"), Finish(old, SKIPPED, error="x")) == [other.id]
+    assert finish(
+        Finish(old, SUCCEEDED, "late"),
+        Finish(other, SUCCEEDED, "ok"),
+        Finish(old, DEAD, error="x"),
+        Finish(old, RETRYING, error="x"),
+        Finish(old, SKIPPED, error="x"),
+    ) == [other.id]
     row = Job.objects.get(pk=old.id)
     assert (row.status, row.lease_id, row.worker, row.result) == (Status.RUNNING, new.lease_id, "worker-b", None)
     assert Job.objects.get(pk=other.id).status == Status.SUCCEEDED
@@ -276,8 +291,12 @@ def test_a_retry_is_queued_again_after_its_delay_by_the_databases_clock_keeping_
     before = db.database_now(connection)
     assert finish(Finish(claimed, RETRYING, error="RuntimeError: boom", traceback="Traceback...", delay=300))
     row = Job.objects.get(pk=job.pk)
-    assert (row.status, row.attempts, row.error, row.traceback) == (Status.QUEUED, 1, "RuntimeError: boom",
-                                                                     "Traceback...")
+    assert (row.status, row.attempts, row.error, row.traceback) == (
+        Status.QUEUED,
+        1,
+        "RuntimeError: boom",
+        "Traceback...",
+    )
     assert (row.lease_id, row.worker, row.lease_expires_at) == (None, "", None)
     assert before + timedelta(seconds=300) <= row.run_at <= db.database_now(connection) + timedelta(seconds=300)
     assert (claimed.status, claimed.run_at) == (Status.QUEUED, row.run_at)
@@ -293,9 +312,19 @@ def test_a_dead_job_gets_its_dead_letter_in_the_same_write():
     letter = DeadLetter.objects.get()
     assert (row.status, row.error, row.traceback) == (Status.DEAD, "PermanentError: no", "Traceback...")
     assert (letter.job_id, letter.name, letter.queue, letter.payload, letter.priority) == (
-        job.pk, "tests.noop", "q", {"n": 1}, 3)
+        job.pk,
+        "tests.noop",
+        "q",
+        {"n": 1},
+        3,
+    )
     assert (letter.attempts, letter.max_attempts, letter.key, letter.error, letter.traceback) == (
-        1, 2, "k", "PermanentError: no", "Traceback...")
+        1,
+        2,
+        "k",
+        "PermanentError: no",
+        "Traceback...",
+    )
     assert letter.created_at == row.finished_at
     assert letter.requeued_at is None
 
@@ -307,6 +336,7 @@ def test_a_job_is_not_marked_dead_when_its_dead_letter_cannot_be_written(monkeyp
         with connection.cursor() as cursor:
             cursor.execute("ALTER TABLE doctorjob_deadletter ADD CONSTRAINT refuse CHECK (false) NOT VALID")
     else:
+
         class Refused:
             def __init__(self, **fields):
                 pass
@@ -338,7 +368,13 @@ def test_release_returns_jobs_to_the_queue_without_counting_the_attempt():
     assert len(finish(*[Finish(j, RELEASED) for j in jobs])) == 2
     for row in Job.objects.all():
         assert (row.status, row.attempts, row.lease_id, row.worker, row.lease_expires_at, row.started_at) == (
-            Status.QUEUED, 0, None, "", None, None)
+            Status.QUEUED,
+            0,
+            None,
+            "",
+            None,
+            None,
+        )
     assert not JobExecution.objects.exists()
     assert len(claim()) == 2, "released jobs can be claimed again at once"
 
@@ -414,7 +450,8 @@ def test_prune_keeps_a_dead_letter_whose_job_or_requeued_job_is_pruned():
     retried = DeadLetterFactory(payload={"n": 2})  # its job was retried in place, and succeeded
     DeadLetter.objects.filter(pk=retried.pk).update(requeued_job_id=retried.job_id, requeued_at=timezone.now())
     Job.objects.filter(pk__in=[letter.requeued_job_id, retried.job_id]).update(
-        status=Status.SUCCEEDED, finished_at=timezone.now() - timedelta(days=30))
+        status=Status.SUCCEEDED, finished_at=timezone.now() - timedelta(days=30)
+    )
     assert maintenance.prune_succeeded(DB, timedelta(days=7)) == (2, False)
     letter.refresh_from_db()
     retried.refresh_from_db()

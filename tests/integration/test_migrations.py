@@ -1,8 +1,9 @@
 """Upgrading: migration 0004 records the ticks the schedules already enqueued, so that an
 upgrade never runs again a tick whose job retention already pruned."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from django.db import connection
@@ -32,7 +33,7 @@ def test_the_upgrade_records_each_schedules_last_tick_from_its_jobs_or_the_lates
     finally:
         new = migrate(None)
     ticks = dict(new.get_model("doctorjob", "JobDefinition").objects.values_list("name", "last_tick"))
-    assert ticks["up.with_job"] == datetime(2024, 1, 1, 11, tzinfo=timezone.utc)
-    now = datetime.now(timezone.utc)
-    assert ticks["up.pruned"] == datetime(now.year, now.month, 1, tzinfo=timezone.utc)
+    assert ticks["up.with_job"] == datetime(2024, 1, 1, 11, tzinfo=UTC)
+    now = datetime.now(UTC)
+    assert ticks["up.pruned"] == datetime(now.year, now.month, 1, tzinfo=UTC)
     assert ticks["up.unscheduled"] is None

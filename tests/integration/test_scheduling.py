@@ -6,6 +6,7 @@ The tick logic runs in-process with a fake clock: ``tick(at)`` is what the worke
 maintenance lease does a few times a second, at the time ``at``. Several real worker processes are in
 tests/acceptance/test_overlap_and_schedules.py.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -83,14 +84,18 @@ def key(at: datetime, name: str = SCHEDULED) -> str:
 # -- cron expressions ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("expression", "now", "expected"), [
-    ("*/5 * * * *", utc(2024, 1, 1, 12, 7, 30), utc(2024, 1, 1, 12, 5)),
-    ("*/5 * * * *", utc(2024, 1, 1, 12, 5), utc(2024, 1, 1, 12, 5)),  # a tick due right now counts
-    ("0 0 * * 1", utc(2024, 1, 3, 8), utc(2024, 1, 1)),  # Mondays at midnight; Jan 3 is a Wednesday
-    ("*/15 * * * * *", utc(2024, 1, 1, 12, 0, 47, 500000), utc(2024, 1, 1, 12, 0, 45)),  # seconds first
-    ("*/1 * * * * *", utc(2024, 1, 1, 12, 0, 47, 999999), utc(2024, 1, 1, 12, 0, 47)),
-    ("30 9 * * * *", utc(2024, 1, 1, 12, 7), utc(2024, 1, 1, 11, 9, 30)),  # second 30 of minute 9, hourly
-], ids=["5-fields", "on-the-tick", "weekly", "6-fields-every-15s", "6-fields-every-second", "6-fields-hourly"])
+@pytest.mark.parametrize(
+    ("expression", "now", "expected"),
+    [
+        ("*/5 * * * *", utc(2024, 1, 1, 12, 7, 30), utc(2024, 1, 1, 12, 5)),
+        ("*/5 * * * *", utc(2024, 1, 1, 12, 5), utc(2024, 1, 1, 12, 5)),  # a tick due right now counts
+        ("0 0 * * 1", utc(2024, 1, 3, 8), utc(2024, 1, 1)),  # Mondays at midnight; Jan 3 is a Wednesday
+        ("*/15 * * * * *", utc(2024, 1, 1, 12, 0, 47, 500000), utc(2024, 1, 1, 12, 0, 45)),  # seconds first
+        ("*/1 * * * * *", utc(2024, 1, 1, 12, 0, 47, 999999), utc(2024, 1, 1, 12, 0, 47)),
+        ("30 9 * * * *", utc(2024, 1, 1, 12, 7), utc(2024, 1, 1, 11, 9, 30)),  # second 30 of minute 9, hourly
+    ],
+    ids=["5-fields", "on-the-tick", "weekly", "6-fields-every-15s", "6-fields-every-second", "6-fields-hourly"],
+)
 def test_latest_tick_is_the_last_time_at_or_before_now_that_the_schedule_matches(expression, now, expected):
     assert latest_tick(expression, now) == expected
 
@@ -112,13 +117,17 @@ def test_a_bad_cron_expression_is_refused_up_front(expression):
 # -- settings.TIME_ZONE and daylight saving -----------------------------------------------------
 
 
-@pytest.mark.parametrize(("expression", "now", "expected"), [
-    ("0 9 * * *", utc(2024, 3, 30, 12), utc(2024, 3, 30, 8)),  # 9:00 in Paris, winter time (UTC+1)
-    ("0 9 * * *", utc(2024, 4, 1, 12), utc(2024, 4, 1, 7)),  # still 9:00 in Paris, summer time (UTC+2)
-    ("0 9 * * *", utc(2024, 10, 28, 12), utc(2024, 10, 28, 8)),  # back to winter time
-    ("30 2 * * *", utc(2024, 3, 31, 1, 15), utc(2024, 3, 31, 1)),  # 02:30 never happens that night: 03:00
-    ("0 * * * *", utc(2024, 3, 31, 1, 30), utc(2024, 3, 31, 1)),  # 03:00 summer time, right after 01:00 winter
-], ids=["winter", "summer", "winter-again", "skipped-time", "hour-after-the-jump"])
+@pytest.mark.parametrize(
+    ("expression", "now", "expected"),
+    [
+        ("0 9 * * *", utc(2024, 3, 30, 12), utc(2024, 3, 30, 8)),  # 9:00 in Paris, winter time (UTC+1)
+        ("0 9 * * *", utc(2024, 4, 1, 12), utc(2024, 4, 1, 7)),  # still 9:00 in Paris, summer time (UTC+2)
+        ("0 9 * * *", utc(2024, 10, 28, 12), utc(2024, 10, 28, 8)),  # back to winter time
+        ("30 2 * * *", utc(2024, 3, 31, 1, 15), utc(2024, 3, 31, 1)),  # 02:30 never happens that night: 03:00
+        ("0 * * * *", utc(2024, 3, 31, 1, 30), utc(2024, 3, 31, 1)),  # 03:00 summer time, right after 01:00 winter
+    ],
+    ids=["winter", "summer", "winter-again", "skipped-time", "hour-after-the-jump"],
+)
 def test_schedules_are_read_in_settings_time_zone_across_daylight_saving_changes(paris, expression, now, expected):
     assert in_utc(latest_tick(expression, now)) == expected
 

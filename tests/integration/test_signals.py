@@ -1,5 +1,6 @@
 """job_enqueued, sent by enqueue() in the caller's transaction; and what importing and calling
 enqueue() loads (nothing that claims, renews or finishes jobs)."""
+
 from __future__ import annotations
 
 import os
@@ -73,10 +74,15 @@ def test_importing_and_calling_enqueue_loads_nothing_that_claims_renews_or_finis
         "doctorjob.enqueue('tests.noop', {'n': 1})\n"
         "print(sorted(m for m in sys.modules if m.startswith('doctorjob')))\n"
     )
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=str(ROOT),
-               DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        PYTHONPATH=str(ROOT),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     loaded = eval(out.strip().splitlines()[-1])  # noqa: S307 - our own script's list of names
     assert "doctorjob.outbox" in loaded
     for module in ("doctorjob.leases", "doctorjob.worker", "doctorjob.maintenance"):

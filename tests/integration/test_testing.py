@@ -1,5 +1,6 @@
 """doctorjob.testing: the helpers a project's tests use, inside Django's TestCase transaction
 (pytest-django's plain ``django_db``), where a real worker could not see the rows."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -32,8 +33,12 @@ def test_run_jobs_goes_on_with_jobs_enqueued_by_handlers_and_retries_without_the
     slow = enqueue("integration.fails_once_slowly")
     ran = run_jobs()
     outcomes = [(r.job.name, r.outcome) for r in ran]
-    assert outcomes == [("integration.enqueues_another", "succeeded"), ("integration.fails_once_slowly", "retrying"),
-                        ("tests.noop", "succeeded"), ("integration.fails_once_slowly", "succeeded")]
+    assert outcomes == [
+        ("integration.enqueues_another", "succeeded"),
+        ("integration.fails_once_slowly", "retrying"),
+        ("tests.noop", "succeeded"),
+        ("integration.fails_once_slowly", "succeeded"),
+    ]
     assert Job.objects.get(payload={"from": parent.pk}).status == Status.SUCCEEDED
     assert Job.objects.get(pk=slow.pk).attempts == 2
 

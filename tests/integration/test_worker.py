@@ -1,4 +1,5 @@
 """The worker run in-process: claim → run → record, retries, dead letters, logs; and run_jobs."""
+
 from __future__ import annotations
 
 import logging
@@ -92,7 +93,12 @@ def test_job_that_keeps_failing_ends_dead_with_its_own_dead_letter(run_worker):
     letter = DeadLetter.objects.get()
     assert letter.job_id == job.pk
     assert (letter.name, letter.queue, letter.payload, letter.priority, letter.key) == (
-        "integration.always_fail", "default", {"to": "a@example.com"}, 2, "k")
+        "integration.always_fail",
+        "default",
+        {"to": "a@example.com"},
+        2,
+        "k",
+    )
     assert (letter.attempts, letter.max_attempts) == (3, 3)
     assert letter.error == "RuntimeError: attempt 3 failed"
     assert "RuntimeError: attempt 3 failed" in letter.traceback
@@ -235,8 +241,9 @@ def test_max_jobs_stops_after_that_many_jobs(run_worker):
 
 
 def test_worker_rescues_a_job_whose_worker_was_lost(run_worker):
-    lost = JobFactory(running=True, name="tests.noop", max_attempts=3,
-                      lease_expires_at=timezone.now() - timedelta(seconds=1))
+    lost = JobFactory(
+        running=True, name="tests.noop", max_attempts=3, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
     run_worker()
     lost = reload(lost)
     assert (lost.status, lost.attempts) == (Status.SUCCEEDED, 2)
@@ -267,8 +274,13 @@ def test_handler_gets_a_context_describing_its_attempt(run_worker, caplog):
     job = enqueue("integration.context", queue="q", key="ctx-key")
     run_worker()
     assert reload(job).result == {
-        "job_id": job.pk, "name": "integration.context", "queue": "q", "attempt": 1, "max_attempts": 2,
-        "key": "ctx-key", "logger": "doctorjob",
+        "job_id": job.pk,
+        "name": "integration.context",
+        "queue": "q",
+        "attempt": 1,
+        "max_attempts": 2,
+        "key": "ctx-key",
+        "logger": "doctorjob",
     }
     (line,) = [r.getMessage() for r in caplog.records if "hello from the handler" in r.getMessage()]
     assert f"job_id={job.pk}" in line and "name=integration.context" in line
@@ -296,7 +308,7 @@ def test_lifecycle_is_logged_with_job_id_name_and_attempt(run_worker, caplog):
     assert (levels["retrying"], levels["dead"]) == (logging.WARNING, logging.ERROR)
 
 
-@pytest.mark.parametrize("payload", ["hello", "{\"not\": \"parsed twice\"}", 42, [1, "two"], None])
+@pytest.mark.parametrize("payload", ["hello", '{"not": "parsed twice"}', 42, [1, "two"], None])
 def test_payload_reaches_the_handler_as_the_json_value_enqueued(run_worker, payload):
     job = enqueue("integration.echo", payload)
     run_worker()

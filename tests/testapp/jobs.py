@@ -1,4 +1,5 @@
 """Handlers the tests enqueue; they report what happened through rows, not sleeps."""
+
 import os
 import time
 from pathlib import Path
@@ -65,15 +66,17 @@ def atomic_write(payload, ctx):
     return "written"
 
 
-@job("tests.typed", schema={
-    "type": "object",
-    "required": ["client_id"],
-    "properties": {"client_id": {"type": "integer"}},
-    "additionalProperties": False,
-})
+@job(
+    "tests.typed",
+    schema={
+        "type": "object",
+        "required": ["client_id"],
+        "properties": {"client_id": {"type": "integer"}},
+        "additionalProperties": False,
+    },
+)
 def typed(payload, ctx):
     return payload["client_id"]
 
 
-from . import jobs_acceptance, jobs_integration  # noqa: E402,F401  (more handlers, kept by test suite)
-from . import jobs_issue4, jobs_lifecycle  # noqa
+from . import jobs_acceptance, jobs_integration, jobs_issue4, jobs_lifecycle  # noqa: E402,F401  (more handlers, kept by test suite)  # noqa

@@ -1,4 +1,5 @@
 """Extra handlers for tests/acceptance (owned by those tests)."""
+
 import os
 import time
 from pathlib import Path
@@ -43,8 +44,7 @@ def hangs(payload, ctx):
     return "finished, too late"
 
 
-@job("tests.acceptance.hangs_in_the_database", timeout=1, atomic=True, max_attempts=2,
-     backoff={"base": 0, "jitter": 0})
+@job("tests.acceptance.hangs_in_the_database", timeout=1, atomic=True, max_attempts=2, backoff={"base": 0, "jitter": 0})
 def hangs_in_the_database(payload, ctx):
     """An atomic job whose statement outlasts its timeout: the database cancels it (PostgreSQL)."""
     from django.db import connection

@@ -1,4 +1,5 @@
 """Extra handlers for tests/integration and tests/unit (owned by those tests)."""
+
 from doctorjob import job
 
 from .models import Effect
@@ -32,8 +33,13 @@ def context(payload, ctx):
     """Return what the handler was told about its attempt."""
     ctx.logger.info("hello from the handler")
     return {
-        "job_id": ctx.job_id, "name": ctx.name, "queue": ctx.queue, "attempt": ctx.attempt,
-        "max_attempts": ctx.max_attempts, "key": ctx.key, "logger": ctx.logger.logger.name,
+        "job_id": ctx.job_id,
+        "name": ctx.name,
+        "queue": ctx.queue,
+        "attempt": ctx.attempt,
+        "max_attempts": ctx.max_attempts,
+        "key": ctx.key,
+        "logger": ctx.logger.logger.name,
     }
 
 

@@ -5,6 +5,7 @@ concurrency key adds a claim query to each loop) are not registered at import ti
 process registers them when started with ``DOCTORJOB_TESTS_ISSUE4_EXTRA=1`` in its environment,
 and the test process inside ``extra_jobs()``. Other tests' workers never see them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,8 +61,7 @@ def workers_seen(payload, ctx):
     """Return the Worker row of the worker running this job, as the job sees it."""
     from doctorjob.models import Worker
 
-    return list(Worker.objects.filter(name=ctx.worker).values("host", "pid", "queues", "concurrency", "lease",
-                                                              "lost"))
+    return list(Worker.objects.filter(name=ctx.worker).values("host", "pid", "queues", "concurrency", "lease", "lost"))
 
 
 def record_interval(payload, ctx, key: str) -> None:

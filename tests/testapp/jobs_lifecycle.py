@@ -5,6 +5,7 @@ registered at import time: a worker process registers them when started with
 ``DOCTORJOB_TESTS_LIFECYCLE=1`` in its environment (receivers: ``DOCTORJOB_TESTS_SIGNALS`` names
 the file they append to), and the test process inside ``lifecycle_jobs()``.
 """
+
 from __future__ import annotations
 
 import os

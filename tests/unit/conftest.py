@@ -1,4 +1,5 @@
 """Unit tests use no database: pytest-django refuses any query made without a django_db mark."""
+
 from __future__ import annotations
 
 import pytest

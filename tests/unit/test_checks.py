@@ -1,4 +1,5 @@
 """System checks on a malformed DOCTORJOB setting; no database."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -21,11 +22,25 @@ def test_no_setting_and_an_empty_setting_are_fine():
 
 
 def test_every_default_value_passes():
-    assert errors_for({
-        "REQUIRE_TRANSACTION": True, "KEEP_SUCCEEDED": timedelta(days=1), "BACKOFF": {"base": 2},
-        "NOTIFY": False, "LISTEN_DATABASE": "default", "PREPARE": False, "CONCURRENCY": 2, "BATCH_SIZE": 10,
-        "POLL_INTERVAL": 0.5, "LEASE": 3, "SHUTDOWN_TIMEOUT": 0, "JOBS": {},
-    }) == []
+    assert (
+        errors_for(
+            {
+                "REQUIRE_TRANSACTION": True,
+                "KEEP_SUCCEEDED": timedelta(days=1),
+                "BACKOFF": {"base": 2},
+                "NOTIFY": False,
+                "LISTEN_DATABASE": "default",
+                "PREPARE": False,
+                "CONCURRENCY": 2,
+                "BATCH_SIZE": 10,
+                "POLL_INTERVAL": 0.5,
+                "LEASE": 3,
+                "SHUTDOWN_TIMEOUT": 0,
+                "JOBS": {},
+            }
+        )
+        == []
+    )
 
 
 def test_setting_that_is_not_a_dict_is_an_error():
@@ -57,8 +72,11 @@ def test_unknown_key_is_an_error_listing_the_known_keys():
         ("SHUTDOWN_TIMEOUT", -1, "a number of seconds from 0 to 86400"),
         ("TIMEOUT", 0, "None or a number of seconds from 0.1 to 604800"),
         ("TIMEOUT", float("inf"), "None or a number of seconds from 0.1 to 604800"),
-        ("MAX_PAYLOAD_BYTES", 64 * 2**20, "an integer from 1 to 8 MiB (8388608), what every supported "
-                                          "database accepts"),
+        (
+            "MAX_PAYLOAD_BYTES",
+            64 * 2**20,
+            "an integer from 1 to 8 MiB (8388608), what every supported database accepts",
+        ),
         ("BACKOFF", 5, "a dict with base, factor, cap, jitter"),
         ("LISTEN_DATABASE", "replica", "None, False or an alias in DATABASES"),
         ("PREPARE", "yes", "None, True or False"),

@@ -1,4 +1,5 @@
 """doctorjob's settings object: defaults, user overrides, reset when tests change settings."""
+
 from __future__ import annotations
 
 from datetime import timedelta

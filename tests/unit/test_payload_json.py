@@ -1,4 +1,5 @@
 """Finding the first value JSON cannot carry, and naming where it is; no database."""
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,21 @@ def test_json_payload_passes(payload):
         ({"a": [0, [1, {"b": object()}]]}, "payload['a'][1][1]['b']", "object"),
         (datetime(2026, 1, 1), "payload", "datetime"),
     ],
-    ids=["datetime", "date", "decimal", "uuid", "nan", "inf", "-inf", "set", "bytes", "int-key",
-         "tuple-key", "deeply-nested", "top-level"],
+    ids=[
+        "datetime",
+        "date",
+        "decimal",
+        "uuid",
+        "nan",
+        "inf",
+        "-inf",
+        "set",
+        "bytes",
+        "int-key",
+        "tuple-key",
+        "deeply-nested",
+        "top-level",
+    ],
 )
 def test_error_names_the_key_path_and_type(payload, where, type_name):
     with pytest.raises(InvalidPayload) as excinfo:

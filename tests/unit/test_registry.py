@@ -1,4 +1,5 @@
 """The @job decorator and name lookups; no database."""
+
 from __future__ import annotations
 
 import pytest
@@ -104,15 +105,19 @@ def test_lookup_by_name_or_function_or_job_type():
 
 def test_unknown_name_suggests_close_names():
     job("unit.send_login_link")(handler)
-    with pytest.raises(UnknownJob, match=r"unknown job 'unit\.send_loggin_link'; did you mean 'unit\.send_login_link'\?"):
+    with pytest.raises(
+        UnknownJob, match=r"unknown job 'unit\.send_loggin_link'; did you mean 'unit\.send_login_link'\?"
+    ):
         get_job_type("unit.send_loggin_link")
 
 
 def test_unknown_name_without_close_names_says_where_jobs_are_declared():
     with pytest.raises(UnknownJob) as excinfo:
         get_job_type("zzzzzzzzzzzzzzzzzzzzzzzz")
-    assert str(excinfo.value) == ("unknown job 'zzzzzzzzzzzzzzzzzzzzzzzz'; jobs are declared with @job in a jobs.py "
-                                  "module of an app in INSTALLED_APPS (<app>/jobs.py), imported at start-up")
+    assert str(excinfo.value) == (
+        "unknown job 'zzzzzzzzzzzzzzzzzzzzzzzz'; jobs are declared with @job in a jobs.py "
+        "module of an app in INSTALLED_APPS (<app>/jobs.py), imported at start-up"
+    )
 
 
 def test_undecorated_function_is_not_a_job():
@@ -133,10 +138,14 @@ def test_unknown_job_is_a_lookup_error():
 
 
 def test_schema_violation_names_the_path_the_job_and_the_problem():
-    job_type = JobType("unit.typed", handler, schema={
-        "type": "object",
-        "properties": {"user": {"type": "object", "properties": {"id": {"type": "integer"}}}},
-    })
+    job_type = JobType(
+        "unit.typed",
+        handler,
+        schema={
+            "type": "object",
+            "properties": {"user": {"type": "object", "properties": {"id": {"type": "integer"}}}},
+        },
+    )
     with pytest.raises(InvalidPayload) as excinfo:
         job_type.validate({"user": {"id": "7"}})
     message = str(excinfo.value)
@@ -158,6 +167,9 @@ def test_a_schedule_whose_ticks_would_fail_the_schema_is_refused_at_import_time(
     from doctorjob import job
 
     schema = {"type": "object", "required": ["client_id"]}
-    with pytest.raises(ImproperlyConfigured, match=r"@job schedule's payload \(\{\}, as none is given\): payload "
-                                                   r"does not match the schema"):
+    with pytest.raises(
+        ImproperlyConfigured,
+        match=r"@job schedule's payload \(\{\}, as none is given\): payload "
+        r"does not match the schema",
+    ):
         job("unit.scheduled_without_payload", schedule="0 3 * * *", schema=schema)(lambda payload, ctx: None)

@@ -1,4 +1,5 @@
 """Backoff policy: pure arithmetic, no database."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -14,6 +15,7 @@ from doctorjob.retry import make_backoff, retry_delay
 @pytest.fixture
 def no_jitter_draw(monkeypatch):
     """Pin random.random() so the jitter stretch is exact; returns a setter."""
+
     def pin(value: float) -> None:
         monkeypatch.setattr(retry_module.random, "random", lambda: value)
 
@@ -90,7 +92,8 @@ def test_backoff_is_immutable():
 
 def test_dict_spec_is_merged_over_the_global_default():
     assert make_backoff({"base": 5}, {"base": 1, "factor": 3, "cap": 100, "jitter": 0}) == Backoff(
-        base=5, factor=3, cap=100, jitter=0)
+        base=5, factor=3, cap=100, jitter=0
+    )
 
 
 def test_no_spec_uses_the_global_default():

@@ -1,4 +1,5 @@
 """run_jobs refuses bad options with a clear message before touching the database."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,10 +20,16 @@ from doctorjob.management.commands.run_jobs import Command
         (["--poll-interval", "abc"], "argument --poll-interval: expected a number of seconds, got 'abc'"),
         (["--poll-interval", "0"], "argument --poll-interval: must be at least 0.001 seconds, got 0"),
         (["--shutdown-timeout", "-1"], "argument --shutdown-timeout: must be at least 0 seconds, got -1"),
-        (["--queues", "a,,b"], "argument --queues: expected comma-separated queue names (a queue name is 1 to "
-                               "100 letters, digits, '_', '-', '.' or ':'), got ''"),
-        (["--queues", "emails;reports"], "argument --queues: expected comma-separated queue names (a queue name "
-                                         "is 1 to 100 letters, digits, '_', '-', '.' or ':'), got 'emails;reports'"),
+        (
+            ["--queues", "a,,b"],
+            "argument --queues: expected comma-separated queue names (a queue name is 1 to "
+            "100 letters, digits, '_', '-', '.' or ':'), got ''",
+        ),
+        (
+            ["--queues", "emails;reports"],
+            "argument --queues: expected comma-separated queue names (a queue name "
+            "is 1 to 100 letters, digits, '_', '-', '.' or ':'), got 'emails;reports'",
+        ),
         (["--no-such-option"], "unrecognized arguments: --no-such-option"),
     ],
 )
@@ -37,8 +44,23 @@ def parse(*args: str):
 
 
 def test_options_are_parsed_into_the_workers_types():
-    options = parse("--queues", "emails, reports", "--concurrency", "8", "--batch-size", "50", "--burst",
-                    "--max-jobs", "10", "--poll-interval", "0.5", "--lease", "3", "--shutdown-timeout", "0")
+    options = parse(
+        "--queues",
+        "emails, reports",
+        "--concurrency",
+        "8",
+        "--batch-size",
+        "50",
+        "--burst",
+        "--max-jobs",
+        "10",
+        "--poll-interval",
+        "0.5",
+        "--lease",
+        "3",
+        "--shutdown-timeout",
+        "0",
+    )
     assert options.queues == ["emails", "reports"]
     assert (options.concurrency, options.batch_size, options.max_jobs) == (8, 50, 10)
     assert (options.poll_interval, options.lease, options.shutdown_timeout) == (0.5, 3.0, 0.0)
@@ -48,4 +70,9 @@ def test_options_are_parsed_into_the_workers_types():
 def test_without_options_the_worker_uses_its_settings():
     options = parse()
     assert (options.queues, options.concurrency, options.batch_size, options.lease, options.burst) == (
-        None, None, None, None, False)
+        None,
+        None,
+        None,
+        None,
+        False,
+    )

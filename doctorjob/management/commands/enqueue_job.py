@@ -7,8 +7,10 @@ from doctorjob.operations import run_now
 
 
 class Command(BaseCommand):
-    help = ("Enqueue one job to run now (a worker runs it), with its definition's default payload unless "
-            "--payload is given.")
+    help = (
+        "Enqueue one job to run now (a worker runs it), with its definition's default payload unless "
+        "--payload is given."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="Registered job name, e.g. accounts.send_login_link")

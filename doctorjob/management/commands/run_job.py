@@ -1,4 +1,5 @@
 """``run_job``: the old name of ``enqueue_job``, too easily taken for ``run_jobs``; removed in 0.3."""
+
 from .enqueue_job import Command as EnqueueJob
 
 

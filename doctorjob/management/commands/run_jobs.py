@@ -4,8 +4,8 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from doctorjob.conf import LIMITS, settings
-from doctorjob.signal_handlers import configure_logging
 from doctorjob.registry import QUEUE_NAME, QUEUE_RULE
+from doctorjob.signal_handlers import configure_logging
 from doctorjob.supervisor import run_processes, stop_on_signals
 
 
@@ -57,29 +57,50 @@ def queue_list(text: str) -> list[str]:
 
 
 class Command(BaseCommand):
-    help = ("Run doctorjob's worker: claim queued jobs, run their handlers, retry failures and "
-            "dead-letter jobs that keep failing. SIGTERM/SIGINT stop it gracefully.")
+    help = (
+        "Run doctorjob's worker: claim queued jobs, run their handlers, retry failures and "
+        "dead-letter jobs that keep failing. SIGTERM/SIGINT stop it gracefully."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--queues", type=queue_list, help="Comma-separated queues to take jobs "
-                            "from (default: every queue).")
-        parser.add_argument("--concurrency", type=limited("CONCURRENCY"), help="Handler threads "
-                            f"(default {settings.CONCURRENCY}).")
-        parser.add_argument("--batch-size", type=limited("BATCH_SIZE"), help="Jobs claimed per query "
-                            f"(default {settings.BATCH_SIZE}).")
+        parser.add_argument(
+            "--queues", type=queue_list, help="Comma-separated queues to take jobs from (default: every queue)."
+        )
+        parser.add_argument(
+            "--concurrency", type=limited("CONCURRENCY"), help=f"Handler threads (default {settings.CONCURRENCY})."
+        )
+        parser.add_argument(
+            "--batch-size", type=limited("BATCH_SIZE"), help=f"Jobs claimed per query (default {settings.BATCH_SIZE})."
+        )
         parser.add_argument("--burst", action="store_true", help="Exit 0 once no job is runnable now.")
-        parser.add_argument("--max-jobs", type=limited("MAX_JOBS"), help="Stop claiming after N jobs, let them "
-                            "finish and exit 0.")
-        parser.add_argument("--poll-interval", type=limited("POLL_INTERVAL"), help="Seconds between polls when "
-                            f"idle (default {settings.POLL_INTERVAL}); NOTIFY wakes it sooner on PostgreSQL.")
-        parser.add_argument("--lease", type=limited("LEASE"), help="Lease length in seconds, 3 to 86400 "
-                            f"(default {settings.LEASE}); renewed every third of it.")
-        parser.add_argument("--shutdown-timeout", type=limited("SHUTDOWN_TIMEOUT"), help="Seconds running jobs get to "
-                            f"finish on SIGTERM (default {settings.SHUTDOWN_TIMEOUT}).")
-        parser.add_argument("--database", default=None, help="Database alias (default: the router's "
-                            "choice for doctorjob's Job model).")
-        parser.add_argument("--processes", type=limited("PROCESSES"), default=1, help="Worker processes to run, "
-                            "each with these options (default 1); for CPU-bound handlers.")
+        parser.add_argument(
+            "--max-jobs", type=limited("MAX_JOBS"), help="Stop claiming after N jobs, let them finish and exit 0."
+        )
+        parser.add_argument(
+            "--poll-interval",
+            type=limited("POLL_INTERVAL"),
+            help="Seconds between polls when "
+            f"idle (default {settings.POLL_INTERVAL}); NOTIFY wakes it sooner on PostgreSQL.",
+        )
+        parser.add_argument(
+            "--lease",
+            type=limited("LEASE"),
+            help=f"Lease length in seconds, 3 to 86400 (default {settings.LEASE}); renewed every third of it.",
+        )
+        parser.add_argument(
+            "--shutdown-timeout",
+            type=limited("SHUTDOWN_TIMEOUT"),
+            help=f"Seconds running jobs get to finish on SIGTERM (default {settings.SHUTDOWN_TIMEOUT}).",
+        )
+        parser.add_argument(
+            "--database", default=None, help="Database alias (default: the router's choice for doctorjob's Job model)."
+        )
+        parser.add_argument(
+            "--processes",
+            type=limited("PROCESSES"),
+            default=1,
+            help="Worker processes to run, each with these options (default 1); for CPU-bound handlers.",
+        )
 
     def handle(self, *args, **options):
         if options["processes"] > 1:
@@ -92,10 +113,16 @@ class Command(BaseCommand):
         configure_logging(options["verbosity"])
         try:
             worker = Worker(
-                queues=options["queues"], concurrency=options["concurrency"], batch_size=options["batch_size"],
-                poll_interval=options["poll_interval"], lease=options["lease"],
-                shutdown_timeout=options["shutdown_timeout"], burst=options["burst"],
-                max_jobs=options["max_jobs"], using=options["database"], log_jobs=options["verbosity"] >= 1,
+                queues=options["queues"],
+                concurrency=options["concurrency"],
+                batch_size=options["batch_size"],
+                poll_interval=options["poll_interval"],
+                lease=options["lease"],
+                shutdown_timeout=options["shutdown_timeout"],
+                burst=options["burst"],
+                max_jobs=options["max_jobs"],
+                using=options["database"],
+                log_jobs=options["verbosity"] >= 1,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
@@ -123,8 +150,16 @@ class Command(BaseCommand):
     def _child_argv(options: dict) -> list[str]:
         """This command with the same options, for one worker process."""
         argv = [sys.executable, "-m", "django", "run_jobs", "-v", str(options["verbosity"])]
-        for name in ("concurrency", "batch_size", "max_jobs", "poll_interval", "lease", "shutdown_timeout",
-                     "database", "settings"):
+        for name in (
+            "concurrency",
+            "batch_size",
+            "max_jobs",
+            "poll_interval",
+            "lease",
+            "shutdown_timeout",
+            "database",
+            "settings",
+        ):
             if options.get(name) is not None:
                 argv += [f"--{name.replace('_', '-')}", str(options[name])]
         if options["queues"]:
@@ -132,4 +167,3 @@ class Command(BaseCommand):
         if options["burst"]:
             argv.append("--burst")
         return argv
-

@@ -4,8 +4,10 @@ from doctorjob import definitions
 
 
 class Command(BaseCommand):
-    help = ("Record every registered job in JobDefinition/JobVersion, retire definitions the code no "
-            "longer has, and print one line per change. Workers do the same when they start.")
+    help = (
+        "Record every registered job in JobDefinition/JobVersion, retire definitions the code no "
+        "longer has, and print one line per change. Workers do the same when they start."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--database", default=None, help="Database alias (default: the router's choice).")

@@ -8,7 +8,6 @@ from django.utils import timezone
 
 from doctorjob import enqueue
 from doctorjob.models import DeadLetter, Job
-
 from example_project.accounts import services
 
 
@@ -52,8 +51,10 @@ class Command(BaseCommand):
             jobs.values_list("name", "status").annotate(n=Count("id"), attempts=Sum("attempts")).order_by("name")
         ):
             what = "dead-lettered" if status == "dead" else status
-            lines.append(f"  {name:<28} {count} {what}, {attempts} attempt{'s' if attempts != 1 else ''}"
-                         f"{' in all' if count > 1 else ''}")
+            lines.append(
+                f"  {name:<28} {count} {what}, {attempts} attempt{'s' if attempts != 1 else ''}"
+                f"{' in all' if count > 1 else ''}"
+            )
         self.stdout.write(
             "\n".join(lines) + "\n"
             "\n"
