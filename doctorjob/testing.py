@@ -60,6 +60,7 @@ def run_jobs(
     from .worker import DONE, Worker
 
     alias = using or router.db_for_write(Job)
+    savepoint_create = getattr(transaction, "savepoint_create", None) or transaction.savepoint  # Django 6.1 renamed it
     worker = Worker(using=alias, burst=True, log_jobs=False)
     worker.id = WORKER
     ran: list[Ran] = []
@@ -91,7 +92,7 @@ def run_jobs(
                     f"run_jobs() ran {MAX_RUNS} attempts and jobs are still due: "
                     "does a job enqueue itself, or keep failing with many attempts?"
                 )
-            savepoint = transaction.savepoint(using=alias)
+            savepoint = savepoint_create(using=alias)
             finish, state = worker._execute(job, None)
             if finish.outcome == RETRYING:
                 finish = finish._replace(delay=0.0)  # no backoff in tests
