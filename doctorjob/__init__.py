@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .context import JobContext
 from .exceptions import (
     DoctorJobError,
     InvalidEnqueue,
@@ -28,6 +29,7 @@ __all__ = [
     "DoctorJobError",
     "InvalidEnqueue",
     "InvalidPayload",
+    "JobContext",
     "NotMigrated",
     "PermanentError",
     "TransactionRequired",

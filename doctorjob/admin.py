@@ -4,7 +4,7 @@ retry and cancel jobs, requeue dead letters (optionally with a corrected payload
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -35,7 +35,14 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+if TYPE_CHECKING:  # generic for type checkers only: Django's classes take no [] at run time
+    _ModelAdmin = admin.ModelAdmin[Any]
+    _TabularInline = admin.TabularInline[Any, Any]
+else:
+    _ModelAdmin, _TabularInline = admin.ModelAdmin, admin.TabularInline
+
+
+class ReadOnlyAdmin(_ModelAdmin):
     """Rows change only through explicit actions: no add, and a change form that cannot save.
 
     A saved change form would write back every field as it was read, overwriting whatever a
@@ -54,7 +61,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return flatten_fieldsets(self.get_fieldsets(request, obj))
 
 
-class JobExecutionInline(admin.TabularInline):
+class JobExecutionInline(_TabularInline):
     """Every attempt of the job: who ran it, when, how long, how it ended."""
 
     model = JobExecution
@@ -105,7 +112,9 @@ class JobAdmin(ReadOnlyAdmin):
     def traceback_display(self, job: Job) -> str:
         return _pre(job.traceback)
 
-    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
         """Search keys, and ids when the term is a number."""
         results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip()
@@ -149,10 +158,10 @@ class RequeuedFilter(admin.SimpleListFilter):
     title = "requeued"
     parameter_name = "requeued"
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
         return [("no", "Not yet"), ("yes", "Yes")]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() in ("no", "yes"):
             return queryset.filter(requeued_at__isnull=self.value() == "no")
         return queryset
@@ -234,7 +243,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         codename = get_permission_codename("requeue", self.opts)
         return self.has_view_permission(request, obj) and request.user.has_perm(f"{self.opts.app_label}.{codename}")
 
-    def get_urls(self) -> list:
+    def get_urls(self) -> list[Any]:
         info = self.opts.app_label, self.opts.model_name
         return [
             path(
@@ -313,7 +322,13 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         )
 
     def render_change_form(
-        self, request: HttpRequest, context: dict, *args: Any, obj: Any = None, **kwargs: Any
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Any = None,
     ) -> HttpResponse:
         if obj is not None and self.has_requeue_permission(request, obj):
             if obj.requeued_at is None:
@@ -323,7 +338,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
                 )
             else:
                 context["requeue_refusal"] = self._already_requeued(obj)
-        return super().render_change_form(request, context, *args, obj=obj, **kwargs)
+        return super().render_change_form(request, context, add=add, change=change, form_url=form_url, obj=obj)
 
     @staticmethod
     def _already_requeued(letter: DeadLetter) -> str:
@@ -333,7 +348,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         )
 
 
-class JobVersionInline(admin.TabularInline):
+class JobVersionInline(_TabularInline):
     model = JobVersion
     fields = readonly_fields = ("number", "first_seen", "schedule", "options", "payload")
     ordering = ("-number",)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -10,7 +11,7 @@ from django.core import checks
 
 from .conf import DEFAULTS, MAX_KEEP_SUCCEEDED, out_of_range
 
-_RULES = {
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "REQUIRE_TRANSACTION": (lambda v: isinstance(v, bool), "True or False"),
     "KEEP_SUCCEEDED": (
         lambda v: isinstance(v, timedelta) and timedelta(0) <= v <= MAX_KEEP_SUCCEEDED,
@@ -41,7 +42,7 @@ _RULES = {
 
 
 @checks.register()
-def check_settings(app_configs=None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     value = getattr(django_settings, "DOCTORJOB", {})
     if not isinstance(value, dict):
         return [checks.Error("DOCTORJOB must be a dict", obj="settings.DOCTORJOB", id="doctorjob.E001")]
@@ -75,7 +76,7 @@ def check_settings(app_configs=None, **kwargs: Any) -> list[checks.CheckMessage]
 
 
 @checks.register()
-def check_job_overrides(app_configs=None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_job_overrides(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Validate every DOCTORJOB['JOBS'] entry against the registered jobs."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -163,7 +164,7 @@ def check_job_overrides(app_configs=None, **kwargs: Any) -> list[checks.CheckMes
 
 
 @checks.register(checks.Tags.database)
-def check_versions(app_configs=None, databases=None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_versions(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Warn when a job's options or schedule changed but its version did not (runs with
     ``manage.py check --database`` and at worker start)."""
     from django.db import DatabaseError
@@ -189,7 +190,7 @@ def check_versions(app_configs=None, databases=None, **kwargs: Any) -> list[chec
 
 
 @checks.register()
-def check_overlap_support(app_configs=None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_overlap_support(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Singleton and concurrency-key jobs rest on a partial unique index, which MySQL and
     MariaDB do not have: say so rather than let jobs overlap silently."""
     from django.db import connections, router

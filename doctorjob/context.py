@@ -12,7 +12,7 @@ from typing import Any
 logger = logging.getLogger("doctorjob")
 
 
-class JobLogger(logging.LoggerAdapter):
+class JobLogger(logging.LoggerAdapter[logging.Logger]):
     """``ctx.logger``: the doctorjob logger with the job's id and name on every line."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
@@ -36,7 +36,7 @@ class JobContext:
     worker: str = ""
 
     @cached_property
-    def logger(self) -> logging.LoggerAdapter:
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
         """The doctorjob logger, with the job's id and name on every line."""
         return JobLogger(logger, {"job_id": self.job_id, "job_name": self.name, "attempt": self.attempt})
 

@@ -12,14 +12,17 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .conf import settings
 
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
 
 def execute(
-    connection, sql: str, params: Sequence[Any], *, prepare: bool = False, planner: str = ""
-) -> list[tuple[Any, ...]] | int:
+    connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any], *, prepare: bool = False, planner: str = ""
+) -> Any:
     """Run one of the hot PostgreSQL statements with server-side binding: arrays travel as
     binary parameters instead of being quoted into the SQL text by Django's client-side cursor.
     With ``prepare`` the statement is parsed and planned once per connection (see
@@ -43,7 +46,7 @@ def execute(
         # prepared INSERT's Python side.
         cursor = getattr(connection, "_doctorjob_cursor", None)
         if cursor is None or cursor.connection is not pg:
-            cursor = connection._doctorjob_cursor = psycopg.Cursor(pg)
+            cursor = connection._doctorjob_cursor = psycopg.Cursor(pg)  # type: ignore[attr-defined]
             cursor.adapters.register_loader("jsonb", _jsonb_loader())
         with connection.wrap_database_errors:
             if lift:
@@ -60,7 +63,7 @@ def execute(
             finally:
                 if lift:
                     pg.prepare_threshold = None
-            return cursor.fetchall() if cursor.pgresult.nfields else cursor.rowcount
+            return cursor.fetchall() if cursor.pgresult and cursor.pgresult.nfields else cursor.rowcount
     finally:
         if connection.queries_logged:  # DEBUG, debug toolbars, CaptureQueriesContext see it too
             connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
@@ -91,14 +94,14 @@ def _jsonb_loader() -> type:
     return JsonbLoader
 
 
-def behind_pooler(connection) -> bool:
+def behind_pooler(connection: BaseDatabaseWrapper) -> bool:
     """Whether the database is reached through a transaction pooler (PgBouncer in transaction
     mode), as Django is told with DISABLE_SERVER_SIDE_CURSORS: session state, such as a prepared
     statement or a LISTEN, then lasts one transaction on whichever server connection ran it."""
     return bool(connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"))
 
 
-def may_prepare(connection) -> bool:
+def may_prepare(connection: BaseDatabaseWrapper) -> bool:
     """Whether doctorjob may keep prepared statements on this PostgreSQL connection:
     DOCTORJOB["PREPARE"], by default yes unless it is behind a transaction pooler."""
     return not behind_pooler(connection) if settings.PREPARE is None else settings.PREPARE
@@ -129,7 +132,7 @@ def close_quietly(alias: str) -> None:
         pass
 
 
-def database_now(connection) -> datetime:
+def database_now(connection: BaseDatabaseWrapper) -> datetime:
     """The database server's time, the one clock every worker and host compares against (due
     times, leases, retention), so that a host whose own clock drifts decides nothing early or
     late. SQLite is a file on one host: its clock is that host's."""

@@ -158,11 +158,13 @@ def claim(
     return Claim([], [], limit)
 
 
-def _claim(alias, worker, limit, lease, queues, skip_on_overlap) -> Claim:
+def _claim(
+    alias: str, worker: str, limit: int, lease: float, queues: Sequence[str] | None, skip_on_overlap: Sequence[str]
+) -> Claim:
     lease_id = uuid.uuid4()
     connection = connections[alias]
     if connection.vendor == "postgresql":
-        filters, params = "", []
+        filters, params = "", list[Any]()
         if queues and len(queues) == 1:  # equality lets the (queue, priority, run_at) index order the scan
             filters, params = "AND c.queue = %s", [queues[0]]
         elif queues:
@@ -183,7 +185,15 @@ def _claim(alias, worker, limit, lease, queues, skip_on_overlap) -> Claim:
     return _claim_portable(alias, worker, limit, lease, queues, skip_on_overlap, lease_id)
 
 
-def _claim_portable(alias, worker, limit, lease, queues, skip_on_overlap, lease_id) -> Claim:
+def _claim_portable(
+    alias: str,
+    worker: str,
+    limit: int,
+    lease: float,
+    queues: Sequence[str] | None,
+    skip_on_overlap: Sequence[str],
+    lease_id: uuid.UUID,
+) -> Claim:
     """SQLite and MySQL/MariaDB: the same rules as _CLAIM, through the ORM."""
     connection = connections[alias]
     now = database_now(connection)
@@ -273,13 +283,14 @@ def renew(alias: str, jobs: Iterable[Job], lease: float) -> int:
     connection = connections[alias]
     ids, lease_ids = [j.id for j in jobs], list({j.lease_id for j in jobs})
     if connection.vendor == "postgresql":
-        return execute(
+        renewed: int = execute(
             connection,
             "UPDATE doctorjob_job "
             "SET lease_expires_at = statement_timestamp() + make_interval(secs => %s) "
             "WHERE id = ANY(%s) AND lease_id = ANY(%s) AND status = 'running'",
             [float(lease), ids, lease_ids],
         )
+        return renewed
     return (
         Job.objects.using(alias)
         .filter(id__in=ids, lease_id__in=lease_ids, status=Status.RUNNING)
@@ -428,7 +439,7 @@ def _finish_portable(alias: str, items: Sequence[Finish]) -> list[Finish]:
                 owned = owned.filter(lease_expires_at__lt=now)
             if f.outcome == RELEASED:
                 changes = dict(status=Status.QUEUED, attempts=F("attempts") - 1, started_at=None)
-                stored = dict(attempts=job.attempts - 1)
+                stored: dict[str, Any] = dict(attempts=job.attempts - 1)
             else:
                 retry_later = f.outcome == RETRYING and not f.expired
                 run_at = now + timedelta(seconds=f.delay) if retry_later else job.run_at

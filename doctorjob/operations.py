@@ -4,6 +4,7 @@ applies to, so two people clicking at once cannot both act on the same job."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import router, transaction
@@ -18,7 +19,7 @@ from .registry import get_job_type
 from .signals import job_enqueued
 
 
-def requeue(dead_letter, payload: Any = None, *, using: str | None = None) -> Job:
+def requeue(dead_letter: DeadLetter, payload: Any = None, *, using: str | None = None) -> Job:
     """Create a fresh queued job from a dead letter and mark it requeued, in one transaction."""
     alias = using or router.db_for_write(DeadLetter)
     with transaction.atomic(using=alias):
@@ -40,7 +41,7 @@ def requeue(dead_letter, payload: Any = None, *, using: str | None = None) -> Jo
     return job
 
 
-def retry(jobs, *, using: str | None = None) -> int:
+def retry(jobs: Iterable[Job], *, using: str | None = None) -> int:
     """Queue dead or cancelled jobs to run now and mark their dead letters requeued as them, so
     the same work cannot be requeued twice; returns how many were queued."""
     alias, now = using or router.db_for_write(Job), timezone.now()
@@ -78,13 +79,13 @@ def retry(jobs, *, using: str | None = None) -> int:
         )
 
 
-def cancel(jobs, *, using: str | None = None) -> int:
+def cancel(jobs: Iterable[Job], *, using: str | None = None) -> int:
     """Cancel queued jobs so they never run; returns how many were cancelled."""
     qs = Job.objects.using(using or router.db_for_write(Job)).filter(pk__in=[j.pk for j in jobs], status=Status.QUEUED)
     return qs.update(status=Status.CANCELLED, finished_at=timezone.now())
 
 
-def run_now(name: str, payload: Any = None, *, using: str | None = None):
+def run_now(name: str, payload: Any = None, *, using: str | None = None) -> Job:
     """Enqueue ``name`` to run now, with its definition's default payload unless one is given."""
     job_type = get_job_type(name)
     if payload is None:

@@ -8,10 +8,10 @@ import gc
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, IntegrityError, OperationalError, connections, router, transaction
 from django.utils import timezone
@@ -21,8 +21,11 @@ from .db import execute, missing_table, not_migrated
 from .exceptions import InvalidEnqueue, InvalidPayload, NotMigrated, TransactionRequired
 from .models import Job, new_job
 from .payloads import check_json, text_problem
-from .registry import QUEUE_NAME, QUEUE_RULE, get_job_type
+from .registry import QUEUE_NAME, QUEUE_RULE, JobType, get_job_type
 from .signals import job_enqueued
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
 
 CHANNEL = "doctorjob"
 
@@ -30,7 +33,7 @@ _ENQUEUE_ARGS = {"job", "payload", "key", "delay", "run_at", "priority", "queue"
 
 
 def enqueue(
-    job: Any,
+    job: str | Callable[..., Any] | JobType,
     payload: Any = None,
     *,
     key: str | None = None,
@@ -240,7 +243,7 @@ _to_json = json.JSONEncoder(separators=(",", ":")).encode
 _payload = attrgetter("payload")
 
 
-def _write_postgresql(rows: list[Job], connection) -> list[Job]:
+def _write_postgresql(rows: list[Job], connection: BaseDatabaseWrapper) -> list[Job]:
     # A job wakes workers if it is runnable when enqueued (created_at), not if delayed.
     keyed = any(row.key is not None for row in rows)
     if len(rows) == 1:
@@ -297,7 +300,9 @@ def _write_postgresql(rows: list[Job], connection) -> list[Job]:
     returned = list(returned)
     by_key = {key: pk for pk, key, *_ in returned if key is not None}
     keyless = iter(pk for pk, key, *_ in returned if key is None)
-    result, holders, missing = [], {}, set()
+    result: list[Job] = []
+    holders: dict[str, Job] = {}
+    missing: set[str] = set()
     for row in rows:
         if row.key is None:
             row.id = next(keyless)
@@ -364,7 +369,7 @@ def _insert_keyed(row: Job, alias: str) -> Job:
     lock = None
     if connection.vendor == "mysql":
         # Lock names are at most 64 characters; a key is up to 255.
-        lock = "doctorjob:" + hashlib.sha1(row.key.encode()).hexdigest()
+        lock = "doctorjob:" + hashlib.sha1(str(row.key).encode()).hexdigest()
         with connection.cursor() as cursor:
             cursor.execute("SELECT GET_LOCK(%s, @@innodb_lock_wait_timeout)", [lock])
             if cursor.fetchone()[0] != 1:

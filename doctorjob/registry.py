@@ -7,14 +7,16 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import timedelta
+from typing import Any, TypeVar, overload
 
 from django.core.exceptions import ImproperlyConfigured
 
 from .exceptions import InvalidPayload, UnknownJob
-from .retry import BackoffSpec
+from .retry import Backoff, BackoffSpec
 
 Handler = Callable[[Any, Any], Any]
+H = TypeVar("H", bound=Callable[..., Any])  # a handler, returned by @job as it came
 # Queue names: what run_jobs --queues can name (no comma, no surrounding space) and what every
 # database stores as it is.
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
@@ -88,7 +90,7 @@ class JobType:
             where = "payload" + "".join(f"[{p!r}]" for p in error.absolute_path)
             raise InvalidPayload(f"{where} does not match the schema of job '{self.name}': {error.message}")
 
-    def backoff_policy(self):
+    def backoff_policy(self) -> Backoff | Callable[[int], float | timedelta]:
         from .conf import settings
         from .retry import make_backoff
 
@@ -109,18 +111,43 @@ class JobType:
 _validators: dict[int, Any] = {}
 
 
-def _validator(schema: Mapping[str, Any]):
+def _validator(schema: Mapping[str, Any]) -> Any:
     key = id(schema)
     if key not in _validators:
         import jsonschema
 
         cls = jsonschema.validators.validator_for(schema)
-        cls.check_schema(schema)
+        cls.check_schema(dict(schema))
         _validators[key] = cls(schema)
     return _validators[key]
 
 
 registry: dict[str, JobType] = {}
+
+
+@overload
+def job(name: H, /) -> H: ...
+
+
+@overload
+def job(
+    name: str | None = None,
+    *,
+    queue: str = ...,
+    max_attempts: int = ...,
+    priority: int = ...,
+    backoff: BackoffSpec = ...,
+    atomic: bool = ...,
+    schema: Mapping[str, Any] | None = ...,
+    version: int = ...,
+    min_version: int | None = ...,
+    schedule: str | None = ...,
+    payload: Any = ...,
+    singleton: bool = ...,
+    on_overlap: str = ...,
+    concurrency_key: Callable[[Any], Any] | None = ...,
+    timeout: float | None = ...,
+) -> Callable[[H], H]: ...
 
 
 def job(

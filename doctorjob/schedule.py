@@ -8,6 +8,7 @@ is ever considered, so after downtime one job runs for the missed ticks, not one
 from __future__ import annotations
 
 from datetime import datetime, timedelta, tzinfo
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -20,7 +21,7 @@ class ScheduleError(DoctorJobError, ValueError):
     """A cron expression croniter cannot parse."""
 
 
-def _croniter(expression: str, start: datetime):
+def _croniter(expression: str, start: datetime) -> Any:
     from croniter import croniter
 
     # Six fields: seconds come first, as in "*/1 * * * * *".
@@ -54,7 +55,8 @@ def latest_tick(expression: str, now: datetime | None = None, tz: str | None = N
     """
     # get_prev() is strictly before its start: start just after `now` so `now` itself counts.
     start = ((now or timezone.now()) + timedelta(microseconds=1)).astimezone(schedule_timezone(tz))
-    return _croniter(expression, start).get_prev(datetime).astimezone(ZoneInfo("UTC"))
+    previous: datetime = _croniter(expression, start).get_prev(datetime)
+    return previous.astimezone(ZoneInfo("UTC"))
 
 
 def tick_key(name: str, tick: datetime) -> str:

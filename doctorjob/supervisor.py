@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def stop_on_signals(worker: Worker, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)):
+def stop_on_signals(worker: Worker, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
     """Stop ``worker`` gracefully on the first SIGTERM/SIGINT and at once on the second.
 
     The Python-level handler does nothing: the signal's number reaches a socket through

@@ -6,15 +6,17 @@ which allows any number of NULLs there too.
 Indexes and constraints on plain columns are declared with ``fields`` instead of expressions:
 same indexes on PostgreSQL and SQLite, and MariaDB (no expression indexes) now gets them too."""
 
+from typing import Any
+
 from django.db import migrations, models
 
 
-def mysql_unique_key(apps, schema_editor):
+def mysql_unique_key(apps: Any, schema_editor: Any) -> None:
     if schema_editor.connection.vendor == "mysql":
         schema_editor.execute("CREATE UNIQUE INDEX doctorjob_job_key_unique ON doctorjob_job (`key`)")
 
 
-def drop_mysql_unique_key(apps, schema_editor):
+def drop_mysql_unique_key(apps: Any, schema_editor: Any) -> None:
     if schema_editor.connection.vendor == "mysql":
         schema_editor.execute("DROP INDEX doctorjob_job_key_unique ON doctorjob_job")
 

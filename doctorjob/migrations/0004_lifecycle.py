@@ -8,11 +8,12 @@ second of its time.
 """
 
 from datetime import UTC, datetime
+from typing import Any
 
 from django.db import migrations, models
 
 
-def record_ticks_already_enqueued(apps, schema_editor):
+def record_ticks_already_enqueued(apps: Any, schema_editor: Any) -> None:
     from doctorjob.schedule import latest_tick
 
     alias = schema_editor.connection.alias

@@ -7,12 +7,14 @@ other's). A binary collation with NO PAD makes them four, as on PostgreSQL and S
 ignores trailing spaces). Other databases: nothing to do.
 """
 
+from typing import Any
+
 from django.db import migrations
 
 COLUMNS = [("doctorjob_job", "key"), ("doctorjob_deadletter", "key")]
 
 
-def binary_keys(apps, schema_editor):
+def binary_keys(apps: Any, schema_editor: Any) -> None:
     connection = schema_editor.connection
     if connection.vendor != "mysql":
         return
@@ -24,7 +26,7 @@ def binary_keys(apps, schema_editor):
         )
 
 
-def folded_keys(apps, schema_editor):
+def folded_keys(apps: Any, schema_editor: Any) -> None:
     connection = schema_editor.connection
     if connection.vendor != "mysql":
         return

@@ -1,6 +1,7 @@
 import json
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from doctorjob import DoctorJobError
 from doctorjob.operations import run_now
@@ -12,12 +13,12 @@ class Command(BaseCommand):
         "--payload is given."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name", help="Registered job name, e.g. accounts.send_login_link")
         parser.add_argument("--payload", help="The payload as JSON, e.g. '{\"client_id\": 1}'.")
         parser.add_argument("--database", default=None, help="Database alias (default: the router's choice).")
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         payload = None
         if options["payload"] is not None:
             try:

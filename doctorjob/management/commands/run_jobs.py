@@ -1,7 +1,9 @@
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from doctorjob.conf import LIMITS, settings
 from doctorjob.registry import QUEUE_NAME, QUEUE_RULE
@@ -9,7 +11,7 @@ from doctorjob.signal_handlers import configure_logging
 from doctorjob.supervisor import run_processes, stop_on_signals
 
 
-def whole(minimum: int = 1, maximum: int = 2**31 - 1):
+def whole(minimum: int = 1, maximum: int = 2**31 - 1) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -27,7 +29,7 @@ def whole(minimum: int = 1, maximum: int = 2**31 - 1):
 positive_int = whole()
 
 
-def seconds(minimum: float, maximum: float = 86_400.0):
+def seconds(minimum: float, maximum: float = 86_400.0) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -42,7 +44,7 @@ def seconds(minimum: float, maximum: float = 86_400.0):
     return parse
 
 
-def limited(name: str):
+def limited(name: str) -> Callable[[str], float]:
     """The option type for the worker number ``name`` of conf.LIMITS."""
     low, high = LIMITS[name]
     return whole(int(low), int(high)) if isinstance(low, int) else seconds(low, high)
@@ -62,7 +64,7 @@ class Command(BaseCommand):
         "dead-letter jobs that keep failing. SIGTERM/SIGINT stop it gracefully."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--queues", type=queue_list, help="Comma-separated queues to take jobs from (default: every queue)."
         )
@@ -102,7 +104,7 @@ class Command(BaseCommand):
             help="Worker processes to run, each with these options (default 1); for CPU-bound handlers.",
         )
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         if options["processes"] > 1:
             code = run_processes(options["processes"], self._child_argv(options))
             if code:
@@ -147,7 +149,7 @@ class Command(BaseCommand):
             raise SystemExit(3)
 
     @staticmethod
-    def _child_argv(options: dict) -> list[str]:
+    def _child_argv(options: dict[str, Any]) -> list[str]:
         """This command with the same options, for one worker process."""
         argv = [sys.executable, "-m", "django", "run_jobs", "-v", str(options["verbosity"])]
         for name in (

@@ -1,4 +1,6 @@
-from django.core.management.base import BaseCommand
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
 
 from doctorjob import definitions
 
@@ -9,10 +11,10 @@ class Command(BaseCommand):
         "longer has, and print one line per change. Workers do the same when they start."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--database", default=None, help="Database alias (default: the router's choice).")
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         changes = definitions.sync(options["database"])
         for line in changes:
             self.stdout.write(line)

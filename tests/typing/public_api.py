@@ -1,0 +1,37 @@
+"""Checked by mypy --strict in .ci/run, never run: the public API is typed precisely enough that
+a user's type checker catches misuse. Each ``type: ignore[...]`` marks a line that must be an
+error; mypy's warn_unused_ignores (part of --strict) fails the check should it stop being one."""
+
+from datetime import timedelta
+
+from doctorjob import JobContext, enqueue, enqueue_many, job
+from doctorjob.models import Job
+from doctorjob.testing import Ran, assert_enqueued, enqueued, perform, run_jobs
+
+
+@job("typing.greet", queue="emails", max_attempts=5)
+def greet(payload: dict[str, str], ctx: JobContext) -> str:
+    return f"hello {payload['name']}, attempt {ctx.attempt}"
+
+
+@job
+def bare(payload: object, ctx: JobContext) -> None:
+    ctx.logger.info("ran")
+
+
+# @job returns the handler as it came, its signature intact.
+text: str = greet({"name": "x"}, JobContext(1, "typing.greet", "emails", 1, 5))
+greet({"name": "x"})  # type: ignore[call-arg]
+
+queued: Job = enqueue("typing.greet", {"name": "x"}, delay=timedelta(seconds=5), priority=3)
+enqueue(greet, {"name": "x"}, delay=2.5, key="k", queue="emails")
+enqueue("typing.greet", {"name": "x"}, delay="soon")  # type: ignore[arg-type]
+enqueue("typing.greet", {"name": "x"}, priority="high")  # type: ignore[arg-type]
+enqueue("typing.greet", {"name": "x"}, retries=3)  # type: ignore[call-arg]
+many: list[Job] = enqueue_many([("typing.greet", {"name": "x"}), {"job": bare}])
+
+ran: list[Ran] = run_jobs(queues=["emails"], until_empty=False)
+outcome: str = ran[0].outcome
+matching: list[Job] = assert_enqueued(greet, {"name": "x"}, count=1, queue="emails")
+waiting: list[Job] = enqueued("typing.greet")
+result: object = perform(greet, {"name": "x"}, attempt=2)
