@@ -125,7 +125,9 @@ def vacuum_if_autovacuum_is_off(alias: str) -> float | None:
 
     Every job is inserted, updated two or three times and deleted: without VACUUM, the dead
     rows are never reused and the tables and their indexes grow for ever, however much is
-    pruned. A plain VACUUM takes no lock that enqueue, claim or finish wait for.
+    pruned. A plain VACUUM takes no lock that enqueue, claim or finish wait for; it holds up the
+    other chores on the maintenance thread while it runs (seconds on a table of millions of
+    rows, as it skips the pages it vacuumed before).
     """
     connection = connections[alias]
     if connection.vendor != "postgresql" or not connection.get_autocommit():
@@ -135,7 +137,12 @@ def vacuum_if_autovacuum_is_off(alias: str) -> float | None:
         if cursor.fetchone()[0] != "off":
             return None
         started = time.monotonic()
-        cursor.execute("VACUUM doctorjob_job, doctorjob_jobexecution, doctorjob_deadletter")
+        # A role's statement_timeout would cancel it on a big table, every round, for nothing.
+        cursor.execute("SET statement_timeout = 0")
+        try:
+            cursor.execute("VACUUM doctorjob_job, doctorjob_jobexecution, doctorjob_deadletter")
+        finally:
+            cursor.execute("RESET statement_timeout")
     return time.monotonic() - started
 
 
@@ -309,11 +316,16 @@ class Maintenance:
             return
         if self._pruned:
             logger.info("pruned succeeded jobs count=%s seconds=%.1f", self._pruned, self._pruning_seconds)
-            seconds = vacuum_if_autovacuum_is_off(self.alias)
-            if seconds is not None:
-                logger.info("vacuumed doctorjob's tables (autovacuum is off on this server) seconds=%.1f", seconds)
         self._pruned, self._pruning_seconds = 0, 0.0
         self._due["prune"] = time.monotonic() + PRUNE_EVERY
+        # Every round, pruned or not: each status change leaves a dead row too.
+        try:
+            seconds = vacuum_if_autovacuum_is_off(self.alias)
+        except DatabaseError as exc:  # cancelled, refused: the next round tries again
+            logger.warning("vacuuming doctorjob's tables failed (autovacuum is off on this server): %s", exc)
+        else:
+            if seconds is not None:
+                logger.info("vacuumed doctorjob's tables (autovacuum is off on this server) seconds=%.1f", seconds)
 
     def next_due(self) -> float:
         """When a chore is next due (time.monotonic()); a worker that does not hold the lease only

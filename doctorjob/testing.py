@@ -42,12 +42,13 @@ def run_jobs(
     now: datetime | None = None,
     using: str | None = None,
 ) -> list[Ran]:
-    """Run every job due by ``now`` (default: the database's now), in claim order, and return
-    what ran. With ``until_empty`` (the default) it goes on with what those jobs enqueued and
-    with retries, their backoff skipped, until nothing is due; otherwise it runs one batch of
-    what was due when called. Schedules are not ticked. Each attempt runs in a savepoint: a
-    failed attempt's writes are rolled back (a plain job's would be kept by a real worker) and
-    the test's transaction stays usable.
+    """Run every job due by ``now`` (default: the database's now), one at a time in claim
+    order, and return what ran. With ``until_empty`` (the default) it goes on with what those
+    jobs enqueued and with retries, their backoff skipped, until nothing is due; otherwise it
+    runs one batch of what was due when called. Paused definitions and queues are left alone;
+    schedules are not ticked. Each attempt runs in a savepoint: a failed attempt's writes are
+    rolled back (a plain job's would be kept by a real worker) and the test's transaction
+    stays usable.
     """
     from django.db import connections, router, transaction
     from django.db.models import F
@@ -55,7 +56,7 @@ def run_jobs(
     from . import leases
     from .db import database_now
     from .leases import _FIELDS, _job
-    from .models import Job, Status
+    from .models import Job, JobDefinition, QueueState, Status
     from .signals import RETRYING, job_finished, send_robust
     from .worker import DONE, Worker
 
@@ -66,32 +67,42 @@ def run_jobs(
     ran: list[Ran] = []
     while True:
         due = now or database_now(connections[alias])
-        jobs = Job.objects.using(alias).filter(status=Status.QUEUED, run_at__lte=due)
+        jobs = (
+            Job.objects.using(alias)
+            .filter(status=Status.QUEUED, run_at__lte=due)
+            .exclude(name__in=JobDefinition.objects.using(alias).filter(paused=True).values("name"))
+            .exclude(queue__in=QueueState.objects.using(alias).filter(paused=True).values("name"))
+        )
         if queues:
             jobs = jobs.filter(queue__in=list(queues))
         ids = list(jobs.order_by("-priority", "run_at", "id").values_list("id", flat=True)[:100])
         if not ids:
             return ran
-        lease_id = uuid.uuid4()
-        Job.objects.using(alias).filter(id__in=ids, status=Status.QUEUED).update(
-            status=Status.RUNNING,
-            attempts=F("attempts") + 1,
-            lease_id=lease_id,
-            worker=WORKER,
-            lease_expires_at=due + timedelta(hours=1),
-            started_at=due,
-            finished_at=None,
-        )
-        claimed = {
-            row[0]: _job(row, lease_id, WORKER, alias)
-            for row in Job.objects.using(alias).filter(lease_id=lease_id).values_list(*_FIELDS)
-        }
-        for job in (claimed[i] for i in ids if i in claimed):
+        for pk in ids:
+            # One at a time, as one worker thread would run them: a job of a singleton or of a
+            # concurrency key only ever runs alone, and what a handler changes is seen by the next.
+            lease_id = uuid.uuid4()
+            claimed = (
+                Job.objects.using(alias)
+                .filter(id=pk, status=Status.QUEUED)
+                .update(
+                    status=Status.RUNNING,
+                    attempts=F("attempts") + 1,
+                    lease_id=lease_id,
+                    worker=WORKER,
+                    lease_expires_at=due + timedelta(hours=1),
+                    started_at=due,
+                    finished_at=None,
+                )
+            )
+            if not claimed:  # a handler cancelled or changed it
+                continue
             if len(ran) >= MAX_RUNS:
                 raise RuntimeError(
                     f"run_jobs() ran {MAX_RUNS} attempts and jobs are still due: "
                     "does a job enqueue itself, or keep failing with many attempts?"
                 )
+            job = _job(Job.objects.using(alias).filter(id=pk).values_list(*_FIELDS).get(), lease_id, WORKER, alias)
             savepoint = savepoint_create(using=alias)
             finish, state = worker._execute(job, None)
             if finish.outcome == RETRYING:

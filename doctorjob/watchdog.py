@@ -6,12 +6,12 @@ what it held had not started. The lease sweep cannot tell which: it sees leases 
 counts an attempt for every job. The watchdog can. ``run_jobs`` starts it as a small process
 beside the worker, sharing a file of one slot per handler thread: a thread writes its job's id
 into its slot before running the job and zero after (a memory write: no system call, no
-database). The watchdog sleeps on a pipe from the worker. When the pipe closes without the
-worker's goodbye, the process is gone: the watchdog reads the slots and, at once rather than
-when the leases run out, records a lost attempt for each job that was running (retried after
-its backoff, dead-lettered after its last attempt) and returns the others to the queue with
-their attempts unchanged, through the same fenced finish as the worker. It loads Django only
-then.
+database), and the main thread lists there the jobs whose outcomes it is saving. The watchdog
+sleeps on a pipe from the worker. When the pipe closes without the worker's goodbye, the
+process is gone: the watchdog reads the slots and, at once rather than when the leases run
+out, records a lost attempt for each job listed (retried after its backoff, dead-lettered
+after its last attempt) and returns the others to the queue with their attempts unchanged,
+through the same fenced finish as the worker. It loads Django only then.
 
 Should the watchdog die with its worker (the host goes down, the whole process group is killed),
 the lease sweep remains. Where file descriptors cannot be passed to a process (Windows) there is
@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -46,11 +47,12 @@ SLOT = 8  # bytes: a job id, little-endian; 0 for none
 class Watchdog:
     """The worker's side: the slots its handler threads write, and the pipe it says goodbye on."""
 
-    def __init__(self, process: subprocess.Popen[bytes], slots: mmap.mmap, count: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], slots: mmap.mmap, count: int, recording: int) -> None:
         self.process, self.pid = process, process.pid
         self._slots = slots
         self._free = list(range(count - 1, -1, -1))
         self._lock = threading.Lock()
+        self._recording_at, self._recording_max, self._recorded = count * SLOT, recording, 0
 
     def take_slot(self) -> int:
         """A slot for a new handler thread (a worker has at most 2 x concurrency + 1 of them:
@@ -66,6 +68,16 @@ class Watchdog:
     def running(self, slot: int, job_id: int) -> None:
         """Before a job starts: its id; after it ended: 0."""
         self._slots[slot * SLOT : (slot + 1) * SLOT] = job_id.to_bytes(SLOT, "little")
+
+    def recording(self, job_ids: Sequence[int]) -> None:
+        """The jobs whose outcomes the worker is saving now (their threads' slots are free
+        again): should it die doing so, they are charged, not released. Past the region's
+        size (a backlog saved after an outage), the rest are left out."""
+        ids = list(job_ids[: self._recording_max])
+        data = b"".join(job_id.to_bytes(SLOT, "little") for job_id in ids)
+        data += bytes(max(0, self._recorded - len(ids)) * SLOT)  # clear what the last call wrote
+        self._slots[self._recording_at : self._recording_at + len(data)] = data
+        self._recorded = len(ids)
 
     def close(self) -> None:
         """The worker exits through Python: it recorded or returned what it held itself."""
@@ -87,11 +99,13 @@ def start(worker: Worker, verbosity: int = 1) -> Watchdog | None:
     """Start the watchdog of ``worker``; None if it cannot be started (logged)."""
     if os.name != "posix":
         return None
-    count = 2 * worker.concurrency + 1
+    count = 2 * worker.concurrency + 1  # handler threads, the abandoned ones included
+    recording = max(2 * worker.batch_size, 1024)  # outcomes being saved
+    size = (count + recording) * SLOT
     try:
         with tempfile.TemporaryFile() as file:  # unlinked: gone with the last process that holds it
-            os.ftruncate(file.fileno(), count * SLOT)
-            slots = mmap.mmap(file.fileno(), count * SLOT)
+            os.ftruncate(file.fileno(), size)
+            slots = mmap.mmap(file.fileno(), size)
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
             argv = [
                 sys.executable,
@@ -102,7 +116,7 @@ def start(worker: Worker, verbosity: int = 1) -> Watchdog | None:
                 str(worker.lease),
                 str(verbosity),
                 str(file.fileno()),
-                str(count),
+                str(size // SLOT),
             ]
             # Its own session: a Ctrl-C in the terminal is for the worker, which the watchdog outlives.
             process = subprocess.Popen(
@@ -115,7 +129,12 @@ def start(worker: Worker, verbosity: int = 1) -> Watchdog | None:
             exc,
         )
         return None
-    return Watchdog(process, slots, count)
+    return Watchdog(process, slots, count, recording)
+
+
+def ids_in(slots: bytes) -> set[int]:
+    """The job ids the slots hold."""
+    return {int.from_bytes(slots[i : i + SLOT], "little") for i in range(0, len(slots), SLOT)} - {0}
 
 
 def main(worker_id: str, alias: str, lease: float, verbosity: int, slots_fd: int, count: int) -> None:
@@ -126,9 +145,8 @@ def main(worker_id: str, alias: str, lease: float, verbosity: int, slots_fd: int
         said += chunk
     if said == GOODBYE:
         return
-    # The worker died: its slots say what it was running.
-    data = os.pread(slots_fd, count * SLOT, 0)
-    running = {int.from_bytes(data[i : i + SLOT], "little") for i in range(0, len(data), SLOT)} - {0}
+    # The worker died: its slots say what it was running, or saving the outcome of.
+    running = ids_in(os.pread(slots_fd, count * SLOT, 0))
     try:
         import django
 

@@ -104,6 +104,7 @@ class Worker:
         # whose job timed out is abandoned (Python cannot stop it) and replaced by a new one.
         self._running: dict[threading.Thread, tuple[Job, float, float]] = {}
         self._abandoned: set[threading.Thread] = set()
+        self._timing = threading.Lock()  # a handler ending at its deadline is either timed out or not
         self._handlers = 0
         self.recycle = False  # too many handler threads stuck in timed-out jobs: exit for a fresh process
         self.maintenance = Maintenance(self.alias, self.id, self.lease, self._stopping, self._finished)
@@ -299,6 +300,9 @@ class Worker:
             return
         pending, self._unrecorded = self._unrecorded, []
         todo = [f for f, state in pending if state == TODO]
+        watchdog = self.watchdog
+        if watchdog:  # should recording kill us (a result too big to encode), these pay for it
+            watchdog.recording([f.job.id for f in todo])
         try:
             try:
                 ours = {f.job.id: f for f in leases.finish(self.alias, todo)}
@@ -310,6 +314,9 @@ class Worker:
         except BaseException:
             self._unrecorded = pending + self._unrecorded  # recording is idempotent (fenced)
             raise
+        finally:
+            if watchdog:
+                watchdog.recording(())
         finished = []
         for f, state in pending:
             if self._in_flight.get(f.job.id) is f.job:  # not a newer claim of the same job
@@ -425,10 +432,11 @@ class Worker:
             return
         now = time.monotonic()
         for thread, (job, deadline, timeout) in list(self._running.items()):
-            if now < deadline or self._running.get(thread, (None,))[0] is not job:
-                continue  # not due, or the thread finished the job meanwhile
-            del self._running[thread]
-            self._abandoned.add(thread)
+            with self._timing:
+                if now < deadline or self._running.get(thread, (None,))[0] is not job:
+                    continue  # not due, or the thread finished the job meanwhile
+                del self._running[thread]
+                self._abandoned.add(thread)
             logger.warning(
                 "timed out job_id=%s name=%s attempt=%s after %gs; its thread is abandoned",
                 job.id,
@@ -437,7 +445,8 @@ class Worker:
                 timeout,
             )
             self._unrecorded.append(self._failed(job, self._retry_or_dead(job), f"timed out after {timeout:g} s"))
-            self._abandoned = {t for t in self._abandoned if t.is_alive()}
+            with self._timing:
+                self._abandoned = {t for t in self._abandoned if t.is_alive()}
             if len(self._abandoned) > self.concurrency and not self.recycle:
                 logger.error(
                     "%s handler threads are stuck in timed-out jobs (concurrency %s): finishing the "
@@ -486,10 +495,12 @@ class Worker:
                     job, self._retry_or_dead(job), f"worker error: {_describe(exc)}", _traceback(exc)
                 )
             finally:
-                self._running.pop(me, None)
+                with self._timing:
+                    self._running.pop(me, None)
+                    abandoned = me in self._abandoned
                 if watchdog:
                     watchdog.running(slot, 0)
-            if me in self._abandoned:  # timed out: recorded, and replaced
+            if abandoned:  # timed out: recorded, and replaced
                 connections.close_all()
                 return
             _tidy_connections(own)

@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from doctorjob import InvalidPayload, enqueue
-from doctorjob.models import DeadLetter, Job, JobExecution, Status
+from doctorjob.models import DeadLetter, Job, JobExecution, QueueState, Status
 from doctorjob.testing import assert_enqueued, enqueued, perform, run_jobs
 from tests.testapp.models import Run
 
@@ -56,6 +56,14 @@ def test_run_jobs_takes_only_the_given_queues():
     enqueue("tests.noop", queue="a")
     b = enqueue("tests.noop", queue="b")
     assert [r.job.pk for r in run_jobs(queues=["b"])] == [b.pk]
+
+
+def test_run_jobs_runs_jobs_of_one_key_one_after_the_other_and_leaves_paused_work_alone():
+    first, second = enqueue("integration.singleton"), enqueue("integration.singleton")
+    paused = enqueue("tests.noop", queue="paused")
+    QueueState.objects.create(name="paused", paused=True)
+    assert [(r.job.pk, r.outcome) for r in run_jobs()] == [(first.pk, "succeeded"), (second.pk, "succeeded")]
+    assert Job.objects.get(pk=paused.pk).status == Status.QUEUED
 
 
 def test_a_failed_attempt_is_rolled_back_dead_lettered_and_the_test_transaction_stays_usable():

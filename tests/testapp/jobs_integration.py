@@ -151,3 +151,9 @@ def writes_then_fails(payload, ctx):
 
     Run.objects.create(job_id=ctx.job_id)
     raise RuntimeError("after the write")
+
+
+@job("integration.singleton", singleton=True)
+def singleton(payload, ctx):
+    """Never two at once: doctorjob.testing.run_jobs() runs queued ones one after the other."""
+    return ctx.job_id
