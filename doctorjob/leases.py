@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -24,6 +24,7 @@ from django.db.models.functions import Concat
 
 from .db import database_now, execute
 from .models import DeadLetter, Job, JobDefinition, JobExecution, Outcome, QueueState, Status, new_job
+from .registry import registry
 from .signals import DEAD, RETRYING, SKIPPED, SUCCEEDED
 
 WORKER_LOST = "worker lost: its lease expired before the job finished"
@@ -217,15 +218,7 @@ def _claim_portable(
     free = runnable.filter(Q(concurrency_key__isnull=True) | (~busy & ~ahead))
     overlapping = runnable.filter(busy, concurrency_key__isnull=False, name__in=list(skip_on_overlap))
     order = ("-priority", "run_at", "id")
-    changes = dict(
-        status=Status.RUNNING,
-        attempts=F("attempts") + 1,
-        lease_id=lease_id,
-        worker=worker,
-        lease_expires_at=now + timedelta(seconds=lease),
-        started_at=now,
-        finished_at=None,
-    )
+    changes = claimed_fields(lease_id, worker, now, lease)
     skip = dict(
         status=Status.SKIPPED,
         finished_at=now,
@@ -269,6 +262,19 @@ def _claim_portable(
         for row in jobs_.filter(id__in=skipped_ids, status=Status.SKIPPED).values_list(*_FIELDS)
     ]
     return Claim(jobs, skipped, len(jobs) + len(skipped))
+
+
+def claimed_fields(lease_id: uuid.UUID, worker: str, now: datetime, lease: float) -> dict[str, Any]:
+    """What an ORM claim writes on a queued job to make it ``worker``'s, running under ``lease_id``."""
+    return dict(
+        status=Status.RUNNING,
+        attempts=F("attempts") + 1,
+        lease_id=lease_id,
+        worker=worker,
+        lease_expires_at=now + timedelta(seconds=lease),
+        started_at=now,
+        finished_at=None,
+    )
 
 
 # -- renew --------------------------------------------------------------------------------------
@@ -321,6 +327,22 @@ class Finish(NamedTuple):
     worker: str = ""
     expired: bool = False
     lost: bool = False
+
+
+def retry_or_dead(job: Job) -> str:
+    """Where a failed attempt of ``job`` leads: another attempt, or the dead letters."""
+    return RETRYING if job.attempts < job.max_attempts else DEAD
+
+
+def failed(
+    job: Job, outcome: str, error: str, *, worker: str, traceback: str = "", duration: float = 0.0, lost: bool = False
+) -> Finish:
+    """A failed attempt to record: ``outcome`` retrying (after the job type's backoff) or dead."""
+    job_type = registry.get(job.name)
+    delay = job_type.retry_delay(job.attempts) if outcome == RETRYING and job_type else 0.0
+    return Finish(
+        job, outcome, error=error, traceback=traceback, delay=delay, duration=duration, worker=worker, lost=lost
+    )
 
 
 # Every outcome, for many jobs, in one statement: each job changes only if our lease still holds

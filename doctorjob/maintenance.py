@@ -29,7 +29,6 @@ from .db import close_quietly, database_now, execute
 from .models import DeadLetter, Job, JobDefinition, JobExecution, MaintenanceLease, QueueState, Status, Worker
 from .outbox import enqueue
 from .registry import registry
-from .signals import DEAD, RETRYING
 
 logger = logging.getLogger("doctorjob")
 
@@ -73,7 +72,7 @@ def sweep_expired(alias: str) -> list[leases.Finish]:
             [
                 leases.Finish(
                     job,
-                    RETRYING if job.attempts < job.max_attempts else DEAD,
+                    leases.retry_or_dead(job),
                     error=leases.WORKER_LOST,
                     worker=job.worker,
                     expired=True,

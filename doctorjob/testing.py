@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ def run_jobs(
     stays usable.
     """
     from django.db import connections, router, transaction
-    from django.db.models import F
 
     from . import leases
     from .db import database_now
@@ -85,15 +84,7 @@ def run_jobs(
             claimed = (
                 Job.objects.using(alias)
                 .filter(id=pk, status=Status.QUEUED)
-                .update(
-                    status=Status.RUNNING,
-                    attempts=F("attempts") + 1,
-                    lease_id=lease_id,
-                    worker=WORKER,
-                    lease_expires_at=due + timedelta(hours=1),
-                    started_at=due,
-                    finished_at=None,
-                )
+                .update(**leases.claimed_fields(lease_id, WORKER, due, 3600.0))
             )
             if not claimed:  # a handler cancelled or changed it
                 continue

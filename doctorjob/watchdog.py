@@ -193,16 +193,12 @@ def _finish_held(worker_id: str, alias: str, running: set[int]) -> None:
     from . import leases
     from .leases import RELEASED, WORKER_DIED, Finish
     from .models import Worker as WorkerRow
-    from .registry import registry
-    from .signals import DEAD, RETRYING, job_finished, send_robust
+    from .signals import job_finished, send_robust
 
     items = []
     for job in leases.held_by(alias, worker_id):
         if job.id in running:
-            outcome = RETRYING if job.attempts < job.max_attempts else DEAD
-            job_type = registry.get(job.name)
-            delay = job_type.retry_delay(job.attempts) if outcome == RETRYING and job_type else 0.0
-            items.append(Finish(job, outcome, error=WORKER_DIED, delay=delay, worker=worker_id, lost=True))
+            items.append(leases.failed(job, leases.retry_or_dead(job), WORKER_DIED, worker=worker_id, lost=True))
         else:
             items.append(Finish(job, RELEASED, worker=worker_id))
     done = leases.finish(alias, items)

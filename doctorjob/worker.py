@@ -36,7 +36,7 @@ from .models import Worker as WorkerRow
 from .payloads import BIG_INT, DEPTH, MAX_DEPTH, NUL, SURROGATE, first_problem, storable, storable_text
 from .registry import registry
 from .signal_handlers import QuietPerJob
-from .signals import DEAD, RETRYING, SKIPPED, SUCCEEDED, job_finished, job_started, send_robust
+from .signals import DEAD, SKIPPED, SUCCEEDED, job_finished, job_started, send_robust
 
 if TYPE_CHECKING:
     from .watchdog import Watchdog
@@ -350,7 +350,7 @@ class Worker:
                     f"the worker could not store this attempt's outcome ({f.outcome}): {_describe(exc)}"
                 )
                 logger.error("job_id=%s name=%s: %s", f.job.id, f.job.name, error)
-                failed = self._failed(f.job, self._retry_or_dead(f.job), error[:10_000])[0]
+                failed = self._failed(f.job, leases.retry_or_dead(f.job), error[:10_000])[0]
                 done = leases.finish(self.alias, [failed._replace(duration=f.duration)])
             ours.update((d.job.id, d) for d in done)
         return ours
@@ -444,7 +444,7 @@ class Worker:
                 job.attempts,
                 timeout,
             )
-            self._unrecorded.append(self._failed(job, self._retry_or_dead(job), f"timed out after {timeout:g} s"))
+            self._unrecorded.append(self._failed(job, leases.retry_or_dead(job), f"timed out after {timeout:g} s"))
             with self._timing:
                 self._abandoned = {t for t in self._abandoned if t.is_alive()}
             if len(self._abandoned) > self.concurrency and not self.recycle:
@@ -492,7 +492,7 @@ class Worker:
             except BaseException as exc:  # noqa: BLE001 - never lose the thread, whatever went wrong
                 logger.exception("worker error while running job_id=%s name=%s", job.id, job.name)
                 outcome = self._failed(
-                    job, self._retry_or_dead(job), f"worker error: {_describe(exc)}", _traceback(exc)
+                    job, leases.retry_or_dead(job), f"worker error: {_describe(exc)}", _traceback(exc)
                 )
             finally:
                 with self._timing:
@@ -558,21 +558,15 @@ class Worker:
         except PermanentError as exc:
             return self._failed(job, DEAD, _describe(exc), _traceback(exc), started)
         except BaseException as exc:  # noqa: BLE001 - a handler must never kill its thread
-            return self._failed(job, self._retry_or_dead(job), _describe(exc), _traceback(exc), started)
+            return self._failed(job, leases.retry_or_dead(job), _describe(exc), _traceback(exc), started)
         finally:
             set_current_job(None)
-
-    @staticmethod
-    def _retry_or_dead(job: Job) -> str:
-        return RETRYING if job.attempts < job.max_attempts else DEAD
 
     def _failed(
         self, job: Job, outcome: str, error: str, tb: str = "", started: float | None = None
     ) -> tuple[Finish, str]:
         duration = 0.0 if started is None else time.monotonic() - started
-        job_type = registry.get(job.name)
-        delay = job_type.retry_delay(job.attempts) if outcome == RETRYING and job_type else 0.0
-        return Finish(job, outcome, error=error, traceback=tb, delay=delay, duration=duration, worker=self.id), TODO
+        return leases.failed(job, outcome, error, worker=self.id, traceback=tb, duration=duration), TODO
 
     # -- LISTEN/NOTIFY --------------------------------------------------------------------------
 
