@@ -20,12 +20,14 @@ from .exceptions import (
 )
 from .registry import job
 from .retry import Backoff
+from .trees import Child
 
 if TYPE_CHECKING:
     from .outbox import enqueue, enqueue_many
 
 __all__ = [
     "Backoff",
+    "Child",
     "DoctorJobError",
     "InvalidEnqueue",
     "InvalidPayload",

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models import Job
 
 logger = logging.getLogger("doctorjob")
 
@@ -34,6 +39,11 @@ class JobContext:
     key: str | None = None
     enqueued_at: datetime | None = None
     worker: str = ""
+    using: str = "default"
+    lease_id: uuid.UUID | None = None
+    _progress: Any = None  # as an earlier attempt left it
+    _side: Any = field(default=None, repr=False)  # the connection save_progress() writes on
+    _inline: bool = False  # doctorjob.testing: progress on the handler's connection, always
 
     @cached_property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -43,6 +53,69 @@ class JobContext:
     @property
     def is_last_attempt(self) -> bool:
         return self.attempt >= self.max_attempts
+
+    def enqueue(self, job: Any, payload: Any = None, *, children: Iterable[Any] = (), **options: Any) -> Job:
+        """Enqueue a job (a root of its own tree) on this handler's connection: for an
+        ``atomic=True`` job, in the transaction that records its success, so that a failed
+        attempt enqueues nothing."""
+        from .outbox import enqueue
+
+        return enqueue(job, payload, children=children, using=self.using, **options)
+
+    def children_results(self) -> dict[str, Any]:
+        """``{str(child id): result}`` for this job's children that succeeded."""
+        from .trees import children_results
+
+        return children_results(self.using, self.job_id)
+
+    def failed_children(self) -> dict[str, str]:
+        """``{str(child id): error}`` for this job's children that are dead or were cancelled
+        (those linked with ``on_failure="ignore"``; the others fail the parent or are removed)."""
+        from .trees import failed_children
+
+        return failed_children(self.using, self.job_id)
+
+    def recover_progress(self) -> Any:
+        """What an earlier attempt of this job last passed to ``save_progress()``; None on the
+        first attempt."""
+        return self._progress
+
+    def save_progress(self, value: Any) -> None:
+        """Store ``value`` (JSON) as this job's progress now, committed whatever becomes of the
+        attempt: a later attempt reads it with ``recover_progress()`` and carries on from there.
+
+        Inside a transaction (an ``atomic=True`` job) it is written on a connection of its own,
+        so that a rollback keeps it. On SQLite that connection waits for the handler's
+        transaction if that has written already: save progress before the first write there.
+        """
+        from django.db import connections
+
+        from .models import Job
+        from .payloads import check_json
+
+        check_json(value, self.name, "progress")
+        connection = connections[self.using]
+        if connection.in_atomic_block and not self._inline:
+            if self._side is None:
+                self._side = connections.create_connection(self.using)
+            connection = self._side
+        progress, lease_id = Job._meta.get_field("progress"), Job._meta.get_field("lease_id")
+        with connection.cursor() as cursor:
+            # Fenced like every write of the worker: only while this attempt holds the job.
+            cursor.execute(
+                "UPDATE doctorjob_job SET progress = %s WHERE id = %s AND lease_id = %s AND status = 'running'",
+                [
+                    progress.get_db_prep_save(value, connection),
+                    self.job_id,
+                    lease_id.get_db_prep_value(self.lease_id, connection),
+                ],
+            )
+
+    def close(self) -> None:
+        """Close the connection ``save_progress()`` opened, if any (the worker calls this)."""
+        if self._side is not None:
+            self._side.close()
+            self._side = None
 
 
 _current = threading.local()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -22,6 +23,7 @@ from django.db import IntegrityError, connections, transaction
 from django.db.models import Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Concat
 
+from . import trees
 from .db import database_now, execute
 from .models import DeadLetter, Job, JobDefinition, JobExecution, Outcome, QueueState, Status, new_job
 from .registry import registry
@@ -51,6 +53,9 @@ _FIELDS = (
     "lease_expires_at",
     "concurrency_key",
     "error",
+    "parent_id",
+    "on_failure",
+    "progress",
 )
 
 
@@ -73,7 +78,8 @@ def _job(row: Sequence[Any], lease_id: uuid.UUID | None, worker: str, alias: str
 # with the job, always holds), and, for a job with a concurrency key (singleton, per-key), first
 # of its key in line with no job of its key running. So a busy key is passed over without
 # holding back anything else, a batch never holds two jobs of one key, and a job whose
-# definition says on_overlap="skip" is taken only to be marked skipped while its key is busy.
+# definition says on_overlap="skip" is taken only to be marked skipped while its key is busy
+# (unless it is a child in a job tree: its parent waits for it, so it waits for its key).
 # The partial unique index on running jobs' keys stays the guarantee: should a concurrent claim
 # win a key between our snapshot and our write, this statement fails and is run again.
 # From then on the lease, not a lock, says who owns the job.
@@ -106,7 +112,7 @@ WITH picked AS (
                    AND e.run_at <= statement_timestamp()
                    AND (e.priority > c.priority OR (e.priority = c.priority AND e.run_at < c.run_at)
                         OR (e.priority = c.priority AND e.run_at = c.run_at AND e.id < c.id))))
-           OR (c.name = ANY(%s::text[]) AND {_KEY_BUSY}))
+           OR (c.name = ANY(%s::text[]) AND c.parent_id IS NULL AND {_KEY_BUSY}))
     ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT %s
     FOR UPDATE SKIP LOCKED
@@ -216,7 +222,9 @@ def _claim_portable(
     if queues:
         runnable = runnable.filter(queue__in=queues)
     free = runnable.filter(Q(concurrency_key__isnull=True) | (~busy & ~ahead))
-    overlapping = runnable.filter(busy, concurrency_key__isnull=False, name__in=list(skip_on_overlap))
+    overlapping = runnable.filter(
+        busy, concurrency_key__isnull=False, name__in=list(skip_on_overlap), parent__isnull=True
+    )
     order = ("-priority", "run_at", "id")
     changes = claimed_fields(lease_id, worker, now, lease)
     skip = dict(
@@ -416,14 +424,20 @@ def finish(alias: str, items: Sequence[Finish]) -> list[Finish]:
         _or_null([f.expired for f in items]),
         _or_null([f.lost for f in items]),
     ]
-    # By id and lease: a late outcome of an earlier claim of the same job is not ours.
-    stored = {(row[0], row[1]): row for row in execute(connection, _FINISH, params, prepare=True)}
-    ours = []
-    for f in items:
-        row = stored.get((f.job.id, f.job.lease_id))
-        if row is not None:
-            _apply(f, attempts=row[2], run_at=row[3], finished_at=row[4])
-            ours.append(f)
+    # A child's outcome and its parent's settlement commit together (see trees.py); jobs outside
+    # a tree, nearly all of them, finish in one statement and no transaction.
+    tree = any(f.job.parent_id is not None and f.outcome not in (RETRYING, RELEASED) for f in items)
+    with transaction.atomic(using=alias) if tree else nullcontext():
+        # By id and lease: a late outcome of an earlier claim of the same job is not ours.
+        stored = {(row[0], row[1]): row for row in execute(connection, _FINISH, params, prepare=True)}
+        ours = []
+        for f in items:
+            row = stored.get((f.job.id, f.job.lease_id))
+            if row is not None:
+                _apply(f, attempts=row[2], run_at=row[3], finished_at=row[4])
+                ours.append(f)
+        if tree:
+            trees.settle(alias, [f.job for f in ours if f.outcome not in (RETRYING, RELEASED)])
     return ours
 
 
@@ -516,6 +530,7 @@ def _finish_portable(alias: str, items: Sequence[Finish]) -> list[Finish]:
                 )
         JobExecution.objects.using(alias).bulk_create(history)
         DeadLetter.objects.using(alias).bulk_create(letters)
+        trees.settle(alias, [f.job for f in ours if f.outcome not in (RETRYING, RELEASED)])
     return ours
 
 

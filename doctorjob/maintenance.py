@@ -21,14 +21,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connections, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from . import leases, schedule
 from .conf import settings
 from .db import close_quietly, database_now, execute
-from .models import DeadLetter, Job, JobDefinition, JobExecution, MaintenanceLease, QueueState, Status, Worker
+from .models import Job, JobDefinition, MaintenanceLease, QueueState, Status, Worker
 from .outbox import enqueue
 from .registry import registry
+from .trees import delete_jobs
 
 logger = logging.getLogger("doctorjob")
 
@@ -104,6 +105,9 @@ _PRUNE = """
 WITH doomed AS (
     SELECT id FROM doctorjob_job
     WHERE status = 'succeeded' AND finished_at < statement_timestamp() - make_interval(secs => %s)
+      -- a child whose parent has yet to run and read its result stays
+      AND NOT EXISTS (SELECT 1 FROM doctorjob_job AS p WHERE p.id = doctorjob_job.parent_id
+                      AND p.status IN ('waiting', 'queued', 'running'))
     ORDER BY finished_at LIMIT %s
     FOR UPDATE SKIP LOCKED
 ), history AS (
@@ -176,29 +180,21 @@ def _prune_portable(alias: str, cutoff: datetime, batch: int) -> int:
         # "database is locked" when another connection writes meanwhile (SQLite cannot upgrade
         # its lock). The three select the same jobs: a succeeded job never changes again, and
         # none finishes before the cutoff.
-        doomed = (
-            Job.objects.using(alias)
-            .filter(status=Status.SUCCEEDED, finished_at__lt=cutoff)
-            .order_by("finished_at", "id")
-            .values("id")[:batch]
-        )
-        JobExecution.objects.using(alias).filter(job_id__in=doomed)._raw_delete(alias)
-        DeadLetter.objects.using(alias).filter(job_id__in=doomed).update(job_id=None)
-        DeadLetter.objects.using(alias).filter(requeued_job_id__in=doomed).update(requeued_job_id=None)
-        return Job.objects.using(alias).filter(id__in=doomed)._raw_delete(alias)
+        doomed = prunable(alias, cutoff).order_by("finished_at", "id").values("id")[:batch]
+        return delete_jobs(alias, doomed)
     with transaction.atomic(using=alias):
-        ids = list(
-            Job.objects.using(alias)
-            .filter(status=Status.SUCCEEDED, finished_at__lt=cutoff)
-            .order_by("finished_at")
-            .values_list("id", flat=True)[:batch]
-        )
+        ids = list(prunable(alias, cutoff).order_by("finished_at").values_list("id", flat=True)[:batch])
         if not ids:
             return 0
-        JobExecution.objects.using(alias).filter(job_id__in=ids)._raw_delete(alias)
-        DeadLetter.objects.using(alias).filter(job_id__in=ids).update(job_id=None)
-        DeadLetter.objects.using(alias).filter(requeued_job_id__in=ids).update(requeued_job_id=None)
-        return Job.objects.using(alias).filter(id__in=ids, status=Status.SUCCEEDED)._raw_delete(alias)
+        return delete_jobs(alias, ids)
+
+
+def prunable(alias: str, cutoff: datetime) -> QuerySet[Job]:
+    """Succeeded jobs finished before ``cutoff``, but for children whose parent still has to run."""
+    needed = Job.objects.using(alias).filter(
+        id=OuterRef("parent_id"), status__in=[Status.WAITING, Status.QUEUED, Status.RUNNING]
+    )
+    return Job.objects.using(alias).filter(status=Status.SUCCEEDED, finished_at__lt=cutoff).exclude(Exists(needed))
 
 
 def enqueue_due_ticks(alias: str, now: datetime | None = None) -> list[Job]:

@@ -18,6 +18,15 @@ class Status(models.TextChoices):
     DEAD = "dead", "dead"
     CANCELLED = "cancelled", "cancelled"
     SKIPPED = "skipped", "skipped"
+    WAITING = "waiting", "waiting"  # for its children to finish; never claimed
+
+
+class OnFailure(models.TextChoices):
+    """What a child's failure (it is dead) does to the parent waiting for it."""
+
+    FAIL_PARENT = "fail-parent", "fail the parent"
+    IGNORE = "ignore", "ignore: the parent runs and sees it"
+    REMOVE = "remove", "remove the child"
 
 
 class Job(models.Model):
@@ -55,6 +64,26 @@ class Job(models.Model):
     )
     concurrency_key = models.CharField(
         max_length=255, null=True, blank=True, help_text="At most one running job per key (singleton jobs)."
+    )
+    progress = models.JSONField(null=True, blank=True, help_text="Saved by the handler; kept across attempts.")
+    # Job trees. Nullable, so that the many jobs outside a tree store nothing and enqueue()'s
+    # INSERT does not name them. No foreign key constraint: pruning deletes a finished parent
+    # without touching its finished children, and a child row costs no lookup of its parent.
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="children",
+        help_text="The job that runs once its children have finished.",
+    )
+    on_failure = models.CharField(
+        max_length=16, null=True, blank=True, choices=OnFailure.choices, help_text="What this child's failure does."
+    )
+    pending_children = models.IntegerField(
+        null=True, blank=True, help_text="Children still to finish before this job can run."
     )
 
     class Meta:
@@ -98,6 +127,8 @@ class Job(models.Model):
             models.Index(fields=["lease_expires_at"], name="doctorjob_job_lease", condition=Q(status="running")),
             # Retention: succeeded jobs by age.
             models.Index(fields=["finished_at"], name="doctorjob_job_succeeded", condition=Q(status="succeeded")),
+            # A parent's children (results, failures, the admin): only children enter it.
+            models.Index(fields=["parent"], name="doctorjob_job_parent", condition=Q(parent__isnull=False)),
         ]
 
     def __str__(self) -> str:

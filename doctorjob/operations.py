@@ -11,6 +11,7 @@ from django.db import router, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from . import trees
 from .definitions import desired
 from .exceptions import InvalidEnqueue
 from .models import DeadLetter, Job, JobDefinition, Status
@@ -64,7 +65,7 @@ def retry(jobs: Iterable[Job], *, using: str | None = None) -> int:
         DeadLetter.objects.using(alias).filter(job_id__in=pks, requeued_at__isnull=True).update(
             requeued_at=now, requeued_job_id=F("job_id")
         )
-        return (
+        queued = (
             Job.objects.using(alias)
             .filter(pk__in=pks)
             .update(
@@ -77,12 +78,29 @@ def retry(jobs: Iterable[Job], *, using: str | None = None) -> int:
                 finished_at=None,
             )
         )
+        trees.reopen(alias, pks)
+        return queued
 
 
 def cancel(jobs: Iterable[Job], *, using: str | None = None) -> int:
-    """Cancel queued jobs so they never run; returns how many were cancelled."""
-    qs = Job.objects.using(using or router.db_for_write(Job)).filter(pk__in=[j.pk for j in jobs], status=Status.QUEUED)
-    return qs.update(status=Status.CANCELLED, finished_at=timezone.now())
+    """Cancel queued or waiting jobs so they never run; returns how many were cancelled. A
+    cancelled child counts as finished for its parent, in the same transaction."""
+    alias = using or router.db_for_write(Job)
+    with transaction.atomic(using=alias):
+        cancelled = list(
+            Job.objects.using(alias)
+            .select_for_update()
+            .filter(pk__in=[j.pk for j in jobs], status__in=[Status.QUEUED, Status.WAITING])
+            .order_by("pk")
+            .only("pk", "parent_id", "on_failure", "name")
+        )
+        Job.objects.using(alias).filter(pk__in=[j.pk for j in cancelled]).update(
+            status=Status.CANCELLED, finished_at=timezone.now(), error="cancelled"
+        )
+        for job in cancelled:
+            job.status = Status.CANCELLED
+        trees.settle(alias, cancelled)
+    return len(cancelled)
 
 
 def run_now(name: str, payload: Any = None, *, using: str | None = None) -> Job:

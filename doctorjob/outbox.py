@@ -19,10 +19,11 @@ from django.utils import timezone
 from .conf import settings
 from .db import execute, missing_table, not_migrated
 from .exceptions import InvalidEnqueue, InvalidPayload, NotMigrated, TransactionRequired
-from .models import Job, new_job
+from .models import Job, Status, new_job
 from .payloads import check_json, text_problem
 from .registry import QUEUE_NAME, QUEUE_RULE, JobType, get_job_type
 from .signals import job_enqueued
+from .trees import Child, notify
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -42,16 +43,21 @@ def enqueue(
     priority: int | None = None,
     queue: str | None = None,
     max_attempts: int | None = None,
+    children: Iterable[Child] = (),
     using: str | None = None,
 ) -> Job:
     """Add a job in the current transaction and return it.
 
     With ``key``, a job already holding that key is returned instead and nothing is written.
+    With ``children`` (``Child`` objects, which may have children of their own), the whole tree
+    is written, or nothing of it: the job waits until its children have finished.
     Sends ``job_enqueued`` once the row is written, in the caller's transaction.
     """
     row = build_job(
         job, payload, key=key, delay=delay, run_at=run_at, priority=priority, queue=queue, max_attempts=max_attempts
     )
+    if children:
+        return _write_tree(row, children, using)
     written = _write([row], using)[0]
     if job_enqueued.receivers and written is row:  # not for a job that already held the key
         job_enqueued.send(sender=Job, job=written)
@@ -170,21 +176,98 @@ def _int32(value: Any) -> bool:
 
 
 def _write(rows: list[Job], using: str | None) -> list[Job]:
-    alias = using or router.db_for_write(Job)
-    connection = connections[alias]
-    if settings.REQUIRE_TRANSACTION and connection.get_autocommit():
-        raise TransactionRequired(
-            "enqueue() needs a transaction: call it inside transaction.atomic() "
-            "(DOCTORJOB['REQUIRE_TRANSACTION'] is on)"
-        )
+    alias = _alias(using)
     try:
-        if connection.vendor == "postgresql":
-            return _write_postgresql(rows, connection)
+        if connections[alias].vendor == "postgresql":
+            return _write_postgresql(rows, connections[alias])
         return _write_portable(rows, alias)
     except DatabaseError as exc:
         if missing_table(exc):
             raise NotMigrated(not_migrated(alias)) from exc
         raise
+
+
+def _alias(using: str | None) -> str:
+    """The database to write jobs to; refuse autocommit if DOCTORJOB['REQUIRE_TRANSACTION']."""
+    alias = using or router.db_for_write(Job)
+    if settings.REQUIRE_TRANSACTION and connections[alias].get_autocommit():
+        raise TransactionRequired(
+            "enqueue() needs a transaction: call it inside transaction.atomic() "
+            "(DOCTORJOB['REQUIRE_TRANSACTION'] is on)"
+        )
+    return alias
+
+
+def _write_tree(root: Job, children: Iterable[Child], using: str | None) -> Job:
+    """Write a job and its children, level by level, in one atomic block (a savepoint inside
+    the caller's transaction): every node is validated before the first row is written, and
+    any error leaves nothing of the tree.
+
+    A parent is written ``waiting`` with the count of its children. A node whose key is already
+    held is not written, nor are its children: the job holding the key is not this parent's
+    child, and a parent left with no children is queued at once.
+    """
+    Tree = tuple[Job, str | None, list[Any]]  # (row, on_failure, subtrees)
+
+    def build(nodes: Iterable[Child], path: str) -> list[Tree]:
+        built: list[Tree] = []
+        for index, node in enumerate(nodes):
+            where = f"{path}[{index}]"
+            if not isinstance(node, Child):
+                raise InvalidEnqueue(f"{where}: children must be doctorjob.Child objects, got {node!r:.80}")
+            try:
+                row = build_job(node.job, node.payload, **node.options)
+            except (InvalidEnqueue, InvalidPayload) as exc:
+                raise type(exc)(f"{where}: {exc}") from None
+            built.append((row, node.on_failure, build(node.children, f"{where}.children")))
+        return built
+
+    if isinstance(children, (str, bytes, Mapping)):
+        raise InvalidEnqueue(f"children must be an iterable of doctorjob.Child objects, got {children!r:.80}")
+    tree: Tree = (root, None, build(children, "children"))
+    alias = _alias(using)
+    written: list[Job] = []
+    result = root
+    try:
+        with transaction.atomic(using=alias):
+            level = [tree]
+            while level:
+                for row, _, subtrees in level:
+                    if subtrees:
+                        row.status, row.pending_children = Status.WAITING, len(subtrees)
+                rows = _write_portable([row for row, _, _ in level], alias)
+                if level[0] is tree:
+                    result = rows[0]  # the root, or the job that already held its key
+                next_level, short = [], dict[int, int]()
+                for (row, _, subtrees), job in zip(level, rows):
+                    if job is not row:  # its key was held: not written, and not its parent's child
+                        if row.parent_id is not None:
+                            short[row.parent_id] = short.get(row.parent_id, 0) + 1
+                        continue
+                    written.append(job)
+                    for child, on_failure, grandchildren in subtrees:
+                        child.parent_id, child.on_failure = job.pk, on_failure
+                        next_level.append((child, on_failure, grandchildren))
+                for parent_id, count in short.items():
+                    parent = next(j for j in written if j.pk == parent_id)
+                    parent.pending_children = (parent.pending_children or 0) - count
+                    if not parent.pending_children:
+                        parent.status, parent.pending_children = Status.QUEUED, None
+                    Job.objects.using(alias).filter(pk=parent_id).update(
+                        status=parent.status, pending_children=parent.pending_children
+                    )
+                level = next_level
+            queues = {j.queue for j in written if j.status == Status.QUEUED and j.run_at <= j.created_at}
+            if queues:
+                notify(alias, queues)
+    except DatabaseError as exc:
+        if missing_table(exc):
+            raise NotMigrated(not_migrated(alias)) from exc
+        raise
+    if job_enqueued.receivers:
+        for job in written:
+            job_enqueued.send(sender=Job, job=job)
+    return result
 
 
 # One statement, whatever the number of rows. The payloads travel as one JSON array, encoded in

@@ -33,9 +33,9 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-def check_json(payload: Any, job_name: str) -> None:
-    """Raise InvalidPayload naming the first value a payload cannot hold, with its path."""
-    found = first_problem(payload, "payload")
+def check_json(payload: Any, job_name: str, root: str = "payload") -> None:
+    """Raise InvalidPayload naming the first value a payload (or ``root``) cannot hold, with its path."""
+    found = first_problem(payload, root)
     if found is None:
         return
     where, value, why = found

@@ -63,6 +63,7 @@ def run_jobs(
     savepoint_create = getattr(transaction, "savepoint_create", None) or transaction.savepoint  # Django 6.1 renamed it
     worker = Worker(using=alias, burst=True, log_jobs=False)
     worker.id = WORKER
+    worker.progress_inline = True  # the test's transaction holds the job: progress is written there
     ran: list[Ran] = []
     while True:
         due = now or database_now(connections[alias])
@@ -100,7 +101,10 @@ def run_jobs(
                 finish = finish._replace(delay=0.0)  # no backoff in tests
             if state != DONE:
                 if finish.outcome != "succeeded":
+                    # The attempt's writes go, its saved progress stays (as a real worker's would).
+                    progress = Job.objects.using(alias).filter(id=pk).values_list("progress", flat=True).get()
                     transaction.savepoint_rollback(savepoint, using=alias)
+                    Job.objects.using(alias).filter(id=pk).update(progress=progress)
                     savepoint = None
                 leases.finish(alias, [finish])
             if savepoint is not None:

@@ -75,6 +75,7 @@ class Worker:
         self.shutdown_timeout = settings.SHUTDOWN_TIMEOUT if shutdown_timeout is None else shutdown_timeout
         self.burst = burst
         self.log_jobs = log_jobs  # the per-job INFO lines (claimed, succeeded); run_jobs -v 0 turns them off
+        self.progress_inline = False  # doctorjob.testing: save_progress() writes in the test's transaction
         self.max_jobs = max_jobs
         for option, value in (
             ("CONCURRENCY", self.concurrency),
@@ -530,7 +531,20 @@ class Worker:
                 SKIPPED,
                 f"version {job.version} of job '{job.name}' is below its minimal supported version {min_version}",
             )
-        ctx = JobContext(job.id, job.name, job.queue, job.attempts, job.max_attempts, job.key, job.created_at, self.id)
+        ctx = JobContext(
+            job.id,
+            job.name,
+            job.queue,
+            job.attempts,
+            job.max_attempts,
+            job.key,
+            job.created_at,
+            self.id,
+            self.alias,
+            job.lease_id,
+            job.progress,
+            _inline=self.progress_inline,
+        )
         set_current_job(ctx, job.version)
         send_robust(job_started, job=job)
         timeout = job_type.timeout or settings.TIMEOUT
@@ -561,6 +575,7 @@ class Worker:
             return self._failed(job, leases.retry_or_dead(job), _describe(exc), _traceback(exc), started)
         finally:
             set_current_job(None)
+            ctx.close()
 
     def _failed(
         self, job: Job, outcome: str, error: str, tb: str = "", started: float | None = None
