@@ -15,7 +15,7 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
 from . import operations
@@ -88,9 +88,11 @@ class JobAdmin(ReadOnlyAdmin):
         (None, {"fields": ("name", "version", "queue", "status", "priority", "key", "concurrency_key")}),
         ("Timing", {"fields": ("run_at", "created_at", "started_at", "finished_at")}),
         ("Attempts", {"fields": ("attempts", "max_attempts", "worker", "lease_id", "lease_expires_at")}),
-        ("Payload and result", {"fields": ("payload_display", "result_display")}),
+        ("Payload and result", {"fields": ("payload_display", "result_display", "progress_display")}),
+        ("Job tree", {"fields": ("parent_display", "on_failure", "pending_children", "children_display")}),
         ("Last error", {"fields": ("error_display", "traceback_display")}),
     )
+    CHILDREN_SHOWN = 50
 
     @admin.display(description="attempts", ordering="attempts")
     def attempts_display(self, job: Job) -> str:
@@ -103,6 +105,39 @@ class JobAdmin(ReadOnlyAdmin):
     @admin.display(description="result")
     def result_display(self, job: Job) -> str:
         return "-" if job.result is None else _pretty_json(job.result)
+
+    @admin.display(description="progress")
+    def progress_display(self, job: Job) -> str:
+        return "-" if job.progress is None else _pretty_json(job.progress)
+
+    @admin.display(description="parent")
+    def parent_display(self, job: Job) -> str:
+        if job.parent_id is None:
+            return "-"
+        parent = Job.objects.using(job._state.db).filter(pk=job.parent_id).only("name", "status").first()
+        if parent is None:
+            return f"#{job.parent_id} (deleted)"
+        return format_html('<a href="{}">{}</a> ({})', self._change_url(parent), parent, parent.status)
+
+    @admin.display(description="children")
+    def children_display(self, job: Job) -> str:
+        children = Job.objects.using(job._state.db).filter(parent_id=job.pk).order_by("id").only("name", "status")
+        shown = list(children[: self.CHILDREN_SHOWN + 1])
+        if not shown:
+            return "-"
+        items = format_html_join(
+            "",
+            '<li><a href="{}">{}</a> ({})</li>',
+            ((self._change_url(c), c, c.status) for c in shown[: self.CHILDREN_SHOWN]),
+        )
+        if len(shown) > self.CHILDREN_SHOWN:
+            url = reverse("admin:doctorjob_job_changelist") + f"?parent__id__exact={job.pk}"
+            items += format_html('<li><a href="{}">all children…</a></li>', url)
+        return format_html("<ul>{}</ul>", items)
+
+    @staticmethod
+    def _change_url(job: Job) -> str:
+        return reverse("admin:doctorjob_job_change", args=[quote(job.pk)])
 
     @admin.display(description="error")
     def error_display(self, job: Job) -> str:
@@ -135,9 +170,9 @@ class JobAdmin(ReadOnlyAdmin):
             because="not dead or cancelled, or whose dead letter was already requeued",
         )
 
-    @admin.action(permissions=["change"], description="Cancel selected queued jobs")
+    @admin.action(permissions=["change"], description="Cancel selected queued or waiting jobs")
     def cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        """Cancel the selected queued jobs so they never run."""
+        """Cancel the selected queued or waiting jobs so they never run."""
         selected = list(queryset.only("pk"))
         cancelled = operations.cancel(selected)
         self._report(
@@ -145,7 +180,7 @@ class JobAdmin(ReadOnlyAdmin):
             f"Cancelled {_plural(cancelled, 'job')}",
             cancelled,
             skipped=len(selected) - cancelled,
-            because="not queued",
+            because="not queued or waiting",
         )
 
     def _report(self, request: HttpRequest, message: str, changed: int, *, skipped: int, because: str) -> None:

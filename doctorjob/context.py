@@ -43,7 +43,7 @@ class JobContext:
     lease_id: uuid.UUID | None = None
     _progress: Any = None  # as an earlier attempt left it
     _side: Any = field(default=None, repr=False)  # the connection save_progress() writes on
-    _inline: bool = False  # doctorjob.testing: progress on the handler's connection, always
+    _sink: Any = None  # doctorjob.testing: saved progress goes there instead, written after the attempt
 
     @cached_property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -94,8 +94,11 @@ class JobContext:
         from .payloads import check_json
 
         check_json(value, self.name, "progress")
+        if self._sink is not None:
+            self._sink(self.job_id, value)
+            return
         connection = connections[self.using]
-        if connection.in_atomic_block and not self._inline:
+        if connection.in_atomic_block:
             if self._side is None:
                 self._side = connections.create_connection(self.using)
             connection = self._side

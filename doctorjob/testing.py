@@ -63,7 +63,9 @@ def run_jobs(
     savepoint_create = getattr(transaction, "savepoint_create", None) or transaction.savepoint  # Django 6.1 renamed it
     worker = Worker(using=alias, burst=True, log_jobs=False)
     worker.id = WORKER
-    worker.progress_inline = True  # the test's transaction holds the job: progress is written there
+    # A failed attempt's savepoint is rolled back; the progress it saved is written afterwards.
+    progress: dict[int, Any] = {}
+    worker.progress_sink = progress.__setitem__
     ran: list[Ran] = []
     while True:
         due = now or database_now(connections[alias])
@@ -101,12 +103,11 @@ def run_jobs(
                 finish = finish._replace(delay=0.0)  # no backoff in tests
             if state != DONE:
                 if finish.outcome != "succeeded":
-                    # The attempt's writes go, its saved progress stays (as a real worker's would).
-                    progress = Job.objects.using(alias).filter(id=pk).values_list("progress", flat=True).get()
                     transaction.savepoint_rollback(savepoint, using=alias)
-                    Job.objects.using(alias).filter(id=pk).update(progress=progress)
                     savepoint = None
                 leases.finish(alias, [finish])
+            if pk in progress:  # kept whatever became of the attempt, as a real worker keeps it
+                Job.objects.using(alias).filter(id=pk).update(progress=progress.pop(pk))
             if savepoint is not None:
                 transaction.savepoint_commit(savepoint, using=alias)
             send_robust(job_finished, job=finish.job, outcome=finish.outcome, duration=finish.duration)

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -75,7 +75,7 @@ class Worker:
         self.shutdown_timeout = settings.SHUTDOWN_TIMEOUT if shutdown_timeout is None else shutdown_timeout
         self.burst = burst
         self.log_jobs = log_jobs  # the per-job INFO lines (claimed, succeeded); run_jobs -v 0 turns them off
-        self.progress_inline = False  # doctorjob.testing: save_progress() writes in the test's transaction
+        self.progress_sink: Callable[[int, Any], None] | None = None  # doctorjob.testing's, see JobContext
         self.max_jobs = max_jobs
         for option, value in (
             ("CONCURRENCY", self.concurrency),
@@ -543,7 +543,7 @@ class Worker:
             self.alias,
             job.lease_id,
             job.progress,
-            _inline=self.progress_inline,
+            _sink=self.progress_sink,
         )
         set_current_job(ctx, job.version)
         send_robust(job_started, job=job)

@@ -292,7 +292,7 @@ def test_cancel_action_cancels_only_queued_jobs(login):
 
     response = run_action(client, "job", "cancel", [queued, *others])
 
-    assert messages_of(response) == ["Cancelled 1 job; skipped 3 jobs that were not queued."]
+    assert messages_of(response) == ["Cancelled 1 job; skipped 3 jobs that were not queued or waiting."]
     queued.refresh_from_db()
     assert queued.status == Status.CANCELLED and queued.finished_at is not None
     assert [Job.objects.get(pk=j.pk).status for j in others] == [Status.RUNNING, Status.DEAD, Status.SUCCEEDED]
@@ -385,3 +385,31 @@ def test_retrying_a_dead_job_marks_its_dead_letter_requeued_so_it_cannot_run_twi
     letter.refresh_from_db()
     assert letter.requeued_job_id == letter.job_id
     assert Job.objects.filter(status=Status.QUEUED).count() == 1
+
+
+def test_a_jobs_page_shows_its_tree_result_and_progress(admin_client):
+    from doctorjob import Child, enqueue
+
+    parent = enqueue("trees.combine", children=[Child("trees.leaf", {"value": i}) for i in range(3)])
+    child = Job.objects.filter(parent=parent).order_by("id").first()
+    Job.objects.filter(pk=child.pk).update(result={"rows": 3}, progress={"done": XSS})
+    page = admin_client.get(reverse("admin:doctorjob_job_change", args=[parent.pk])).content.decode()
+    for each in Job.objects.filter(parent=parent):
+        assert reverse("admin:doctorjob_job_change", args=[each.pk]) in page
+    assert "(queued)" in page and "waiting" in page
+    page = admin_client.get(reverse("admin:doctorjob_job_change", args=[child.pk])).content.decode()
+    assert f'href="{reverse("admin:doctorjob_job_change", args=[parent.pk])}"' in page
+    assert "&quot;rows&quot;: 3" in page and ESCAPED_XSS in page and XSS not in page
+
+
+def test_a_parent_of_many_links_to_all_its_children(admin_client, monkeypatch):
+    from doctorjob import Child, enqueue
+    from doctorjob.admin import JobAdmin
+
+    monkeypatch.setattr(JobAdmin, "CHILDREN_SHOWN", 2)
+    parent = enqueue("trees.combine", children=[Child("trees.leaf", {"value": i}) for i in range(3)])
+    page = admin_client.get(reverse("admin:doctorjob_job_change", args=[parent.pk])).content.decode()
+    assert page.count("(queued)</li>") == 2
+    listing = admin_client.get(reverse("admin:doctorjob_job_changelist") + f"?parent__id__exact={parent.pk}")
+    assert listing.status_code == 200 and f"?parent__id__exact={parent.pk}" in page
+    assert listing.context["cl"].result_count == 3

@@ -109,3 +109,18 @@ def test_the_pytest_fixture_gives_the_helpers(doctorjob):
     enqueue("tests.noop")
     doctorjob.assert_enqueued("tests.noop", count=1)
     assert [r.outcome for r in doctorjob.run_jobs()] == ["succeeded"]
+
+
+def test_run_jobs_runs_a_tree_children_first_and_keeps_progress_across_attempts():
+    from doctorjob import Child
+
+    with transaction.atomic():
+        parent = enqueue("trees.combine", children=[Child("trees.leaf", {"value": v}) for v in (1, 2)])
+        resumed = enqueue("trees.resumes", {"to": 4, "fail_at": 2})
+    names = [r.job.name for r in run_jobs()]
+    assert names.index("trees.combine") > max(i for i, name in enumerate(names) if name == "trees.leaf")
+    parent.refresh_from_db()
+    assert parent.status == Status.SUCCEEDED
+    assert sorted(parent.result["results"].values()) == [1, 2]
+    resumed.refresh_from_db()
+    assert resumed.result == {"started_from": 2, "attempt": 2} and resumed.progress == {"done": 4}
