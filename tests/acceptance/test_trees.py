@@ -31,8 +31,10 @@ def test_hundreds_of_children_finishing_on_several_workers_run_their_parent_once
         )
 
     wait_for(
-        lambda: Job.objects.filter(pk__in=[parent.pk, doomed.pk]).exclude(status=Status.WAITING).count() == 2
-        and not Job.objects.filter(status__in=[Status.QUEUED, Status.RUNNING]).exists(),
+        lambda: (
+            Job.objects.filter(pk__in=[parent.pk, doomed.pk]).exclude(status=Status.WAITING).count() == 2
+            and not Job.objects.filter(status__in=[Status.QUEUED, Status.RUNNING]).exists()
+        ),
         timeout=90,
         message=lambda: f"both trees to finish: {statuses()}\n{pool[0].output()[-3000:]}",
     )
