@@ -32,3 +32,22 @@ def send_login_link(payload, ctx):
 def reticulate_splines(payload, ctx):
     """Always fail, so the demo shows retries ending in a dead letter."""
     raise RuntimeError("splines refuse to reticulate")
+
+
+# A report written from several fetches: one child per day counts that day's sign-ups, and the
+# report, their parent, runs once every count is in (services.request_signup_report).
+@job("accounts.count_signups", max_attempts=3)
+def count_signups(payload, ctx):
+    """One fetch: the sign-ups of one day (a stand-in for a slow call to another system)."""
+    return {"day": payload["day"], "signups": Client.objects.filter(created_at__date=payload["day"]).count()}
+
+
+@job("accounts.write_signup_report")
+def write_signup_report(payload, ctx):
+    """Combine the fetches' counts; the days whose fetch failed for good are left out and counted."""
+    counts = {r["day"]: r["signups"] for r in ctx.children_results().values()}
+    return {
+        "signups": dict(sorted(counts.items())),
+        "total": sum(counts.values()),
+        "failed_fetches": len(ctx.failed_children()),
+    }

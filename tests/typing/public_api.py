@@ -4,7 +4,7 @@ error; mypy's warn_unused_ignores (part of --strict) fails the check should it s
 
 from datetime import timedelta
 
-from doctorjob import JobContext, enqueue, enqueue_many, job
+from doctorjob import Child, JobContext, enqueue, enqueue_many, job
 from doctorjob.models import Job
 from doctorjob.testing import Ran, assert_enqueued, enqueued, perform, run_jobs
 
@@ -28,6 +28,10 @@ enqueue(greet, {"name": "x"}, delay=2.5, key="k", queue="emails")
 enqueue("typing.greet", {"name": "x"}, delay="soon")  # type: ignore[arg-type]
 enqueue("typing.greet", {"name": "x"}, priority="high")  # type: ignore[arg-type]
 enqueue("typing.greet", {"name": "x"}, retries=3)  # type: ignore[call-arg]
+tree: Job = enqueue("typing.greet", {"name": "x"}, children=[Child(greet, {"name": "y"}, on_failure="ignore")])
+Child("typing.greet", delay="soon")  # type: ignore[arg-type]
+Child("typing.greet", retries=3)  # type: ignore[call-arg]
+progress: object = JobContext(1, "typing.greet", "emails", 1, 5).recover_progress()
 many: list[Job] = enqueue_many([("typing.greet", {"name": "x"}), {"job": bare}])
 
 ran: list[Ran] = run_jobs(queues=["emails"], until_empty=False)

@@ -1,6 +1,7 @@
 import logging
 import time
 import uuid
+from datetime import timedelta
 
 from django.core.management import BaseCommand, CommandError, call_command
 from django.db.models import Count, Min, Q, Sum
@@ -22,9 +23,13 @@ class Command(BaseCommand):
         run = uuid.uuid4().hex[:8]
         signed_up = [services.sign_up(f"client-{run}-{i}@example.com") for i in range(1, clients + 1)]
         splines = enqueue("accounts.reticulate_splines", {"run": run})
+        today = timezone.localdate()
+        report = services.request_signup_report([today - timedelta(days=1), today])
         client_ids = [client.pk for client in signed_up]
         jobs = Job.objects.filter(
-            Q(pk=splines.pk) | Q(name="accounts.send_login_link", payload__client_id__in=client_ids)
+            Q(pk__in=[splines.pk, report.pk])
+            | Q(parent=report)
+            | Q(name="accounts.send_login_link", payload__client_id__in=client_ids)
         )
         self.stdout.write(f"Signed up {len(signed_up)} clients and enqueued {jobs.count()} jobs (run {run}).")
 
@@ -33,7 +38,7 @@ class Command(BaseCommand):
         self.stdout.write("Running the worker (run_jobs --burst) until every job is done:")
         logging.getLogger("doctorjob").setLevel(logging.WARNING)
         deadline = time.monotonic() + timeout
-        while jobs.filter(status__in=["queued", "running"]).exists():
+        while jobs.filter(status__in=["queued", "running", "waiting"]).exists():
             if time.monotonic() > deadline:
                 raise CommandError(f"Jobs were still pending after {timeout:g} seconds.")
             call_command("run_jobs", burst=True, verbosity=0)
@@ -55,6 +60,11 @@ class Command(BaseCommand):
                 f"  {name:<28} {count} {what}, {attempts} attempt{'s' if attempts != 1 else ''}"
                 f"{' in all' if count > 1 else ''}"
             )
+        report.refresh_from_db()
+        lines.append(
+            f"\nThe sign-up report (job #{report.pk}) ran after its {jobs.filter(parent=report).count()} fetches: "
+            f"{report.result}"
+        )
         self.stdout.write(
             "\n".join(lines) + "\n"
             "\n"
