@@ -105,9 +105,10 @@ _PRUNE = """
 WITH doomed AS (
     SELECT id FROM doctorjob_job
     WHERE status = 'succeeded' AND finished_at < statement_timestamp() - make_interval(secs => %s)
-      -- a child whose parent has yet to run and read its result stays
-      AND NOT EXISTS (SELECT 1 FROM doctorjob_job AS p WHERE p.id = doctorjob_job.parent_id
-                      AND p.status IN ('waiting', 'queued', 'running'))
+      -- a child whose parent has yet to run and read its result stays (written as an OR, not
+      -- a bare NOT EXISTS that the planner would turn into an anti-join over the whole table)
+      AND (parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM doctorjob_job AS p WHERE p.id = doctorjob_job.parent_id
+                                            AND p.status IN ('waiting', 'queued', 'running')))
     ORDER BY finished_at LIMIT %s
     FOR UPDATE SKIP LOCKED
 ), history AS (
@@ -194,7 +195,9 @@ def prunable(alias: str, cutoff: datetime) -> QuerySet[Job]:
     needed = Job.objects.using(alias).filter(
         id=OuterRef("parent_id"), status__in=[Status.WAITING, Status.QUEUED, Status.RUNNING]
     )
-    return Job.objects.using(alias).filter(status=Status.SUCCEEDED, finished_at__lt=cutoff).exclude(Exists(needed))
+    return Job.objects.using(alias).filter(
+        Q(parent__isnull=True) | ~Exists(needed), status=Status.SUCCEEDED, finished_at__lt=cutoff
+    )
 
 
 def enqueue_due_ticks(alias: str, now: datetime | None = None) -> list[Job]:
