@@ -35,7 +35,7 @@ $(DOCS_STAMP): $(STAMP)
 
 docs: $(DOCS_STAMP)
 	rm -rf docs/_build
-	$(VENV)/bin/python -m sphinx -W --keep-going -b html docs docs/_build/html
+	$(VENV)/bin/python -m sphinx -q -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info db.sqlite3 docs/_build

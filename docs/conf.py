@@ -29,7 +29,7 @@ extensions = [
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "_ext", "README.md"]
+exclude_patterns = ["_build", "_ext"]
 default_role = "literal"  # the docstrings' `name` is code
 
 myst_enable_extensions = ["colon_fence", "deflist"]

@@ -4,6 +4,8 @@
   system checks accept and the comment that explains it in ``conf.py``.
 - ``doctorjob-commands``: every management command of doctorjob (including ones added later),
   with its help and options as ``manage.py NAME --help`` has them, without Django's own options.
+- ``doctorjob-check-ids``: fails the build (a warning, under ``-W``) when a system check id in the
+  code is not described on the page.
 """
 
 from __future__ import annotations
@@ -65,13 +67,18 @@ def setting_comments() -> dict[str, str]:
     return comments
 
 
+def help_text(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    """An option's help as ``--help`` prints it (``%(default)s`` and the like filled in)."""
+    return parser._get_formatter()._expand_help(action) if action.help else ""
+
+
 def worker_options() -> dict[str, tuple[str, str]]:
     """The settings ``run_jobs`` has an option for: ``BATCH_SIZE`` -> (``run_jobs --batch-size``, its help)."""
     from django.core.management import load_command_class
 
     parser = load_command_class("doctorjob", "run_jobs").create_parser("manage.py", "run_jobs")
     return {
-        action.dest.upper(): (f"run_jobs {action.option_strings[0]}", action.help or "")
+        action.dest.upper(): (f"run_jobs {action.option_strings[0]}", help_text(parser, action))
         for action in parser._actions
         if action.option_strings and action.dest not in DJANGO_OPTIONS
     }
@@ -87,7 +94,7 @@ class SettingsDirective(SphinxDirective):
 
         for module in (checks, conf):
             self.env.note_dependency(str(Path(inspect.getfile(module)).resolve()))
-        comments = setting_comments()
+        comments, options = setting_comments(), worker_options()
         table = nodes.definition_list()
         for key, default in DEFAULTS.items():
             body = nodes.definition()
@@ -95,12 +102,12 @@ class SettingsDirective(SphinxDirective):
             facts = nodes.bullet_list()
             shown = repr(default).replace("datetime.timedelta", "timedelta")
             facts += nodes.list_item("", nodes.paragraph("", "", nodes.Text("Default: "), nodes.literal(shown, shown)))
-            if option := worker_options().get(key):
-                flag, help_text = option
+            if option := options.get(key):
+                flag, explanation = option
                 facts += nodes.list_item(
                     "",
                     nodes.paragraph(
-                        "", "", nodes.Text("Overridden by "), nodes.literal(flag, flag), nodes.Text(f": {help_text}")
+                        "", "", nodes.Text("Overridden by "), nodes.literal(flag, flag), nodes.Text(f": {explanation}")
                     ),
                 )
             if key in _RULES:
@@ -141,7 +148,7 @@ def command_rst(name: str) -> list[str]:
             signature = ", ".join(f"{option} {metavar}".strip() for option in action.option_strings)
         else:
             signature = action.metavar or action.dest
-        lines += [f".. option:: {signature}", "", f"   {escape(action.help or '')}", ""]
+        lines += [f".. option:: {signature}", "", f"   {escape(help_text(parser, action))}", ""]
     return lines
 
 
