@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.doctorjob-installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench docs clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,17 @@ test: venv
 bench: venv
 	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
+# The documentation site, into docs/_build/html; any warning fails the build.
+DOCS_STAMP := $(VENV)/.doctorjob-docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,docs]'
+	touch $@
+
+docs: $(DOCS_STAMP)
+	rm -rf docs/_build
+	$(VENV)/bin/python -m sphinx -q -W --keep-going -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info db.sqlite3
+	rm -rf $(VENV) build dist *.egg-info db.sqlite3 docs/_build
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -31,13 +31,21 @@ class JobContext:
     itself (and so hashable). Not frozen: a worker makes one for every job, and a frozen
     dataclass costs several times as much to build (2.5 µs instead of 0.4 here)."""
 
+    #: The job's primary key (0 in ``doctorjob.testing.perform()``, where there is no row).
     job_id: int
+    #: The registered job name.
     name: str
+    #: The queue it was claimed from.
     queue: str
+    #: This attempt's number: 1 for the first run.
     attempt: int
+    #: Attempts before the job is dead-lettered, the first run included.
     max_attempts: int
+    #: Its idempotency key, if it was enqueued with one.
     key: str | None = None
+    #: When it was enqueued (the enqueuing host's clock).
     enqueued_at: datetime | None = None
+    #: The worker running it (host, pid and a random suffix).
     worker: str = ""
     using: str = "default"
     lease_id: uuid.UUID | None = None
@@ -52,6 +60,7 @@ class JobContext:
 
     @property
     def is_last_attempt(self) -> bool:
+        """Whether a failure now is final: the job is dead-lettered rather than retried."""
         return self.attempt >= self.max_attempts
 
     def enqueue(self, job: Any, payload: Any = None, *, children: Iterable[Any] = (), **options: Any) -> Job:
