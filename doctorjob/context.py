@@ -47,7 +47,9 @@ class JobContext:
     enqueued_at: datetime | None = None
     #: The worker running it (host, pid and a random suffix).
     worker: str = ""
+    #: The database alias the job lives in (and ``ctx.enqueue()`` writes to).
     using: str = "default"
+    #: This attempt's lease: the fencing token its writes (``save_progress()``) match on.
     lease_id: uuid.UUID | None = None
     _progress: Any = None  # as an earlier attempt left it
     _side: Any = field(default=None, repr=False)  # the connection save_progress() writes on
