@@ -18,6 +18,7 @@ class Status(models.TextChoices):
     DEAD = "dead", "dead"
     CANCELLED = "cancelled", "cancelled"
     SKIPPED = "skipped", "skipped"
+    RELAYED = "relayed", "relayed"  # published to an external broker by a relay (doctorjob.relays)
 
 
 class Job(models.Model):
@@ -56,6 +57,7 @@ class Job(models.Model):
     concurrency_key = models.CharField(
         max_length=255, null=True, blank=True, help_text="At most one running job per key (singleton jobs)."
     )
+    relayed_at = models.DateTimeField(null=True, blank=True, help_text="When the broker confirmed the job (relays).")
 
     class Meta:
         # Every status change is a non-HOT update that adds the new row version to each index
@@ -98,6 +100,8 @@ class Job(models.Model):
             models.Index(fields=["lease_expires_at"], name="doctorjob_job_lease", condition=Q(status="running")),
             # Retention: succeeded jobs by age.
             models.Index(fields=["finished_at"], name="doctorjob_job_succeeded", condition=Q(status="succeeded")),
+            # Retention of relayed jobs (the broker has them): relayed jobs by age.
+            models.Index(fields=["finished_at"], name="doctorjob_job_relayed", condition=Q(status="relayed")),
         ]
 
     def __str__(self) -> str:
@@ -200,6 +204,7 @@ class Outcome(models.TextChoices):
     FAILED = "failed", "failed"
     SKIPPED = "skipped", "skipped"
     LOST = "lost", "lost"
+    RELAYED = "relayed", "relayed"
 
 
 class JobExecution(models.Model):

@@ -10,14 +10,17 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .worker import Worker
+
+class Stoppable(Protocol):
+    """A worker or a relay: what the signals stop."""
+
+    def stop(self, *, now: bool = False) -> None: ...
 
 
 @contextmanager
-def stop_on_signals(worker: Worker, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+def stop_on_signals(worker: Stoppable, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
     """Stop ``worker`` gracefully on the first SIGTERM/SIGINT and at once on the second.
 
     The Python-level handler does nothing: the signal's number reaches a socket through
