@@ -80,6 +80,14 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{label:<{width}}{r['p50_ms']:>8.1f}{r['p95_ms']:>8.1f}{r['p99_ms']:>8.1f}"
                 f"{r['max_ms']:>9.1f}{others[key]:>12.0%}"
             )
+    relayed = [key for key in results if key.startswith("relay/")]
+    if relayed:
+        title = f"relay {options['relay_jobs']:,} jobs to a broker, 1 run_jobs --relay process (jobs/s)"
+        lines += ["", f"{title:<{width}}{'relayed':>11}{'':>19}{'others CPU':>12}"]
+        for key in relayed:
+            r = results[key]
+            capped = " (capped)" if r.get("capped") else ""
+            lines.append(f"{'  ' + r['broker']:<{width}}{_num(r['rate']):>11}{'':>19}{others[key]:>11.0%}{capped}")
     if "memory" in results:
         m = results["memory"]
         growth = f"{m['growth_pct']:+.1f}%" if m["growth_pct"] is not None else "n/a"

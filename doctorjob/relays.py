@@ -123,8 +123,11 @@ class KombuRelay(Relay):
 
     The body is ``{"id", "name", "queue", "payload"}`` with ``message_id=str(job.id)``, routed by
     ``routing_key`` (default: the job's queue). The exchange is declared durable if missing;
-    queues are never declared (bind yours to the exchange). On RabbitMQ every message waits for
-    the broker's publisher confirm, and a nack fails the publish."""
+    queues are never declared (bind yours to the exchange). On RabbitMQ (AMQP) the channel is in
+    publisher-confirm mode: a batch is sent, then every message's confirm awaited at once (one
+    round trip a batch, not one a message), and a nack fails the publish."""
+
+    CONFIRM_TIMEOUT = 30.0  # seconds the broker may take to confirm a batch before it counts as away
 
     def __init__(self, url: str, exchange: str, exchange_type: str = "direct", routing_key: str | None = None) -> None:
         for option, value in (("url", url), ("exchange", exchange), ("exchange_type", exchange_type)):
@@ -133,23 +136,41 @@ class KombuRelay(Relay):
         self.url, self.exchange, self.exchange_type, self.routing_key = url, exchange, exchange_type, routing_key
         self._connection: Any = None
         self._producer: Any = None
+        # Publisher confirms (AMQP): the delivery tag of the last message sent on the channel,
+        # the highest tag the broker confirmed, and whether it refused any.
+        self._sent = self._confirmed = 0
+        self._nacked = False
 
     def _open(self) -> Any:
         kombu: Any = import_module("kombu")
-        connection = kombu.Connection(self.url, transport_options={"confirm_publish": True}, connect_timeout=5)
+        connection = kombu.Connection(self.url, connect_timeout=5)
         self._connection = connection
         connection.ensure_connection(max_retries=1)
         channel = connection.channel()
+        if connection.transport.driver_type == "amqp":
+            channel.confirm_select()
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+            self._sent = self._confirmed = 0
+            self._nacked = False
         exchange = kombu.Exchange(self.exchange, type=self.exchange_type, durable=True)
         exchange.declare(channel=channel)
         self._producer = kombu.Producer(channel, exchange=exchange)
         return self._producer
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._confirmed = max(self._confirmed, delivery_tag)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self._nacked = True
+        self._confirmed = max(self._confirmed, delivery_tag)
 
     def publish(self, jobs: Sequence[Job]) -> None:
         kombu: Any = import_module("kombu")
         errors = _connection_errors(self._connection or kombu.Connection(self.url))
         try:
             producer = self._producer or self._open()
+            confirming = self._connection.transport.driver_type == "amqp"
             for job in jobs:
                 body = {"id": job.id, "name": job.name, "queue": job.queue, "payload": job.payload}
                 producer.publish(
@@ -161,12 +182,30 @@ class KombuRelay(Relay):
                     delivery_mode=2,  # persistent
                     retry=False,
                 )
+                self._sent += confirming
+            if confirming:
+                self._await_confirms()
         except errors as exc:
             self.close()
             raise RelayUnavailable(f"broker unreachable at {_safe_url(self.url)}: {exc}") from exc
         except BaseException:
-            self.close()  # a channel error (a nack, an exchange of another type) closes the channel
+            self.close()  # a channel error (an exchange of another type) closes the channel
             raise
+
+    def _await_confirms(self) -> None:
+        deadline = time.monotonic() + self.CONFIRM_TIMEOUT
+        while self._confirmed < self._sent:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                # An OSError: the broker counts as unreachable, the batch stays queued uncounted.
+                raise TimeoutError(f"the broker confirmed no message for {self.CONFIRM_TIMEOUT:g} s")
+            try:
+                self._connection.drain_events(timeout=left)
+            except TimeoutError:  # socket.timeout: nothing yet, wait on
+                continue
+        if self._nacked:
+            self._nacked = False
+            raise PublishRefused(f"the broker refused (nacked) messages of this batch at {_safe_url(self.url)}")
 
     def close(self) -> None:
         connection, self._connection, self._producer = self._connection, None, None
@@ -175,6 +214,10 @@ class KombuRelay(Relay):
                 connection.release()
             except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
+
+
+class PublishRefused(DoctorJobError):
+    """The broker refused messages it received (an AMQP nack): the publish failed."""
 
 
 def _connection_errors(connection: Any) -> tuple[type[BaseException], ...]:

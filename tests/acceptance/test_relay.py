@@ -292,7 +292,9 @@ def test_a_relay_killed_between_publishing_and_marking_republishes_with_the_same
     first = start_relay(workers, names, "--lease", "3", env=dying)
     assert first.wait(30) == -signal.SIGKILL
     assert marker.read_text() == ",".join(str(job.pk) for job in jobs)
-    assert set(Job.objects.values_list("status", flat=True)) == {Status.RUNNING}, "published, never marked"
+    # Published, never marked: still running under the dead relay's lease (or already returned to
+    # the queue by its own maintenance thread, had the publish outlasted the lease on a busy machine).
+    assert set(Job.objects.values_list("status", flat=True)) <= {Status.RUNNING, Status.QUEUED}
     wait_for(lambda: names.redis.llen(f"{names.tag}:deliveries") == 5, timeout=60, message="the first deliveries")
 
     second = start_relay(workers, names, "--lease", "3", env=dying)  # the marker is there: it lives
