@@ -306,7 +306,33 @@ def test_a_relay_killed_between_publishing_and_marking_republishes_with_the_same
     work = [item.decode() for item in names.redis.lrange(f"{names.tag}:work", 0, -1)]
     assert sorted(work) == sorted(f"{job.pk}:{n}" for n, job in enumerate(jobs)), "the work ran once per job"
     assert set(Job.objects.values_list("attempts", flat=True)) == {2}  # the lost attempt counted
-    assert "worker lost" in second.output()
+    assert "worker lost" in first.output() + second.output()
+
+
+def test_a_message_rabbitmq_refuses_fails_the_publish(names):
+    """Publisher confirms: a queue that rejects what overflows it nacks the third message."""
+    from doctorjob.models import new_job
+    from doctorjob.relays import KombuRelay, PublishRefused
+
+    with Connection(AMQP) as conn:
+        channel = conn.channel()
+        exchange = Exchange(names.tag, type="direct", durable=True)(channel)
+        exchange.declare()
+        arguments = {"x-max-length": 2, "x-overflow": "reject-publish"}
+        queue = Queue(names.tag, exchange=exchange, routing_key="full", queue_arguments=arguments)(channel)
+        queue.declare()
+        relay = KombuRelay(AMQP, names.tag)
+        try:
+            jobs = [new_job(id=n, name="tests.relay.any", queue="full", payload={"n": n}) for n in range(3)]
+            with pytest.raises(PublishRefused, match="refused"):
+                relay.publish(jobs)
+            queue.purge()
+            relay.publish(jobs[:2])  # a new channel, confirms counted afresh
+            assert queue.queue_declare(passive=True).message_count == 2
+        finally:
+            relay.close()
+            queue.delete()
+            exchange.delete()
 
 
 def test_run_jobs_relay_refuses_options_that_concern_handlers(names):
