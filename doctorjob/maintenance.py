@@ -103,7 +103,7 @@ def mark_lost_workers(alias: str) -> int:
 _PRUNE = """
 WITH doomed AS (
     SELECT id FROM doctorjob_job
-    WHERE status = 'succeeded' AND finished_at < statement_timestamp() - make_interval(secs => %s)
+    WHERE status = '{status}' AND finished_at < statement_timestamp() - make_interval(secs => %s)
     ORDER BY finished_at LIMIT %s
     FOR UPDATE SKIP LOCKED
 ), history AS (
@@ -116,6 +116,9 @@ WITH doomed AS (
 )
 DELETE FROM doctorjob_job WHERE id IN (SELECT id FROM doomed)
 """
+# The done jobs retention deletes, each through its own partial index: succeeded jobs, and jobs a
+# relay handed to a broker (doctorjob.relays).
+PRUNED = (Status.SUCCEEDED, Status.RELAYED)
 
 
 def vacuum_if_autovacuum_is_off(alias: str) -> float | None:
@@ -152,24 +155,26 @@ def prune_succeeded(
     stopping: threading.Event | None = None,
     budget: float | None = None,
 ) -> tuple[int, bool]:
-    """Delete succeeded jobs that finished more than ``keep`` ago (by the database's clock), in
-    batches of ``batch``, each its own short transaction, until none is left, ``stopping`` is set
-    or ``budget`` seconds have passed; returns (how many, whether any may be left)."""
+    """Delete succeeded and relayed jobs that finished more than ``keep`` ago (by the database's
+    clock), in batches of ``batch``, each its own short transaction, until none is left,
+    ``stopping`` is set or ``budget`` seconds have passed; returns (how many, whether any may be
+    left)."""
     connection, total = connections[alias], 0
     deadline = None if budget is None else time.monotonic() + budget
     while True:
         if connection.vendor == "postgresql":
-            deleted = execute(connection, _PRUNE, [keep.total_seconds(), batch])
+            deleted = [execute(connection, _PRUNE.format(status=s), [keep.total_seconds(), batch]) for s in PRUNED]
         else:
-            deleted = _prune_portable(alias, database_now(connection) - keep, batch)
-        total += deleted
-        if deleted < batch:
+            cutoff = database_now(connection) - keep
+            deleted = [_prune_portable(alias, cutoff, batch, status) for status in PRUNED]
+        total += sum(deleted)
+        if max(deleted) < batch:
             return total, False
         if (stopping is not None and stopping.is_set()) or (deadline is not None and time.monotonic() >= deadline):
             return total, True
 
 
-def _prune_portable(alias: str, cutoff: datetime, batch: int) -> int:
+def _prune_portable(alias: str, cutoff: datetime, batch: int, status: str = Status.SUCCEEDED) -> int:
     """SQLite and MySQL/MariaDB: what _PRUNE does, in three statements."""
     if connections[alias].vendor == "sqlite":
         # Each statement on its own: a transaction that reads and then writes fails at once with
@@ -178,7 +183,7 @@ def _prune_portable(alias: str, cutoff: datetime, batch: int) -> int:
         # none finishes before the cutoff.
         doomed = (
             Job.objects.using(alias)
-            .filter(status=Status.SUCCEEDED, finished_at__lt=cutoff)
+            .filter(status=status, finished_at__lt=cutoff)
             .order_by("finished_at", "id")
             .values("id")[:batch]
         )
@@ -189,7 +194,7 @@ def _prune_portable(alias: str, cutoff: datetime, batch: int) -> int:
     with transaction.atomic(using=alias):
         ids = list(
             Job.objects.using(alias)
-            .filter(status=Status.SUCCEEDED, finished_at__lt=cutoff)
+            .filter(status=status, finished_at__lt=cutoff)
             .order_by("finished_at")
             .values_list("id", flat=True)[:batch]
         )
@@ -198,7 +203,7 @@ def _prune_portable(alias: str, cutoff: datetime, batch: int) -> int:
         JobExecution.objects.using(alias).filter(job_id__in=ids)._raw_delete(alias)
         DeadLetter.objects.using(alias).filter(job_id__in=ids).update(job_id=None)
         DeadLetter.objects.using(alias).filter(requeued_job_id__in=ids).update(requeued_job_id=None)
-        return Job.objects.using(alias).filter(id__in=ids, status=Status.SUCCEEDED)._raw_delete(alias)
+        return Job.objects.using(alias).filter(id__in=ids, status=status)._raw_delete(alias)
 
 
 def enqueue_due_ticks(alias: str, now: datetime | None = None) -> list[Job]:

@@ -223,3 +223,17 @@ def test_the_settings_relays_are_built_with_their_options():
 @override_settings(DOCTORJOB={"RELAYS": {"mine": {"BACKEND": "tests.testapp.relays.FileRelay", "QUEUES": ["q1"]}}})
 def test_relay_settings_are_read_lazily_and_follow_overrides():
     assert relayed().queues == ["q1"]
+
+
+def test_retention_prunes_relayed_jobs_as_it_prunes_succeeded_ones():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from doctorjob import maintenance
+
+    old, recent, queued = (enqueue("tests.relay.custom", {"n": n}) for n in range(3))
+    Job.objects.filter(pk=old.pk).update(status=Status.RELAYED, finished_at=timezone.now() - timedelta(days=8))
+    Job.objects.filter(pk=recent.pk).update(status=Status.RELAYED, finished_at=timezone.now() - timedelta(days=6))
+    assert maintenance.prune_succeeded(connection.alias, timedelta(days=7)) == (1, False)
+    assert set(Job.objects.values_list("pk", flat=True)) == {recent.pk, queued.pk}
