@@ -237,3 +237,12 @@ def test_retention_prunes_relayed_jobs_as_it_prunes_succeeded_ones():
     Job.objects.filter(pk=recent.pk).update(status=Status.RELAYED, finished_at=timezone.now() - timedelta(days=6))
     assert maintenance.prune_succeeded(connection.alias, timedelta(days=7)) == (1, False)
     assert set(Job.objects.values_list("pk", flat=True)) == {recent.pk, queued.pk}
+
+
+def test_doctorjob_testing_run_jobs_leaves_relay_jobs_queued():
+    from doctorjob.testing import assert_enqueued, run_jobs
+
+    enqueue("tests.relay.custom", {"n": 1})
+    enqueue("tests.relay.any", {"n": 2}, queue="to-redis")
+    assert [r.job.name for r in run_jobs()] == []
+    assert_enqueued("tests.relay.custom", {"n": 1}, count=1)
