@@ -45,8 +45,8 @@ def run_jobs(
     """Run every job due by ``now`` (default: the database's now), one at a time in claim
     order, and return what ran. With ``until_empty`` (the default) it goes on with what those
     jobs enqueued and with retries, their backoff skipped, until nothing is due; otherwise it
-    runs one batch of what was due when called. Paused definitions and queues, and relay jobs, are left alone;
-    schedules are not ticked. Each attempt runs in a savepoint: a failed attempt's writes are
+    runs one batch of what was due when called. Paused definitions and queues, and relay jobs,
+    are left alone; schedules are not ticked. Each attempt runs in a savepoint: a failed attempt's writes are
     rolled back (a plain job's would be kept by a real worker) and the test's transaction
     stays usable.
     """
