@@ -33,11 +33,14 @@ def stop_on_signals(worker: Stoppable, signals: Sequence[int] = (signal.SIGTERM,
 
     def watch() -> None:
         received = 0
-        while data := reader.recv(64):
-            for signum in data:
-                if signum in signals:
-                    worker.stop(now=received > 0)
-                    received += 1
+        try:
+            while data := reader.recv(64):
+                for signum in data:
+                    if signum in signals:
+                        worker.stop(now=received > 0)
+                        received += 1
+        except OSError:  # closed below as the block exits (run_jobs ending at once): nothing to watch
+            return
 
     previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in signals}
     previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
