@@ -65,10 +65,11 @@ class Target:
             return int(queue.queue_declare(passive=True).message_count)
 
     def delete(self) -> None:
-        if self.backend == "celery":
+        """Leave nothing on the broker: on Redis every key naming the queue (the list, kombu's
+        binding tables, which kombu's own queue deletion keeps), on RabbitMQ the queue and exchange."""
+        if self.url.startswith("redis"):
             client = self._redis()
-            client.delete(self.name)
-            for key in client.scan_iter(f"_kombu.binding*{self.name}*"):
+            for key in client.scan_iter(f"*{self.name}*"):
                 client.delete(key)
             return
         with self._connection() as conn:
