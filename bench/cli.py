@@ -93,6 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="Small counts for a smoke run of under a "
         "minute; the numbers are not comparable with a full run. Explicit counts still win.",
     )
+    measures.add_argument(
+        "--only",
+        metavar="PREFIX",
+        help="Only the measures whose key starts with one of these comma-separated prefixes, e.g. "
+        "'relay/' or 'drain/,enqueue/' (the memory measure is then skipped).",
+    )
+    relay = parser.add_argument_group("the relay measures (run_jobs --relay; needs doctorjob[relay])")
+    relay.add_argument(
+        "--relay-redis",
+        metavar="URL",
+        default=Options.relay_redis,
+        help=f"Redis to relay to, through Celery and through kombu (default {Options.relay_redis}); '' to skip.",
+    )
+    relay.add_argument(
+        "--relay-amqp",
+        metavar="URL",
+        default=Options.relay_amqp,
+        help="RabbitMQ to relay to through kombu (default amqp://guest:**@127.0.0.1:5672//); '' to skip.",
+    )
+    relay.add_argument("--relay-jobs", type=positive_int, metavar="N", help="Jobs per relay measure (default 20,000).")
     # Passed on to every doctorjob worker (run_jobs); the defaults are doctorjob's settings.
     workers = parser.add_argument_group("doctorjob's workers (default: the DOCTORJOB settings)")
     workers.add_argument("--concurrency", type=positive_int, metavar="N", help="run_jobs --concurrency.")
@@ -168,7 +188,7 @@ def options_from(args: argparse.Namespace) -> Options:
     counts.update(
         {
             name: getattr(args, name)
-            for name in ("jobs", "enqueue_jobs", "bulk_jobs", "probes")
+            for name in ("jobs", "enqueue_jobs", "bulk_jobs", "probes", "relay_jobs")
             if getattr(args, name) is not None
         }
     )
@@ -183,6 +203,9 @@ def options_from(args: argparse.Namespace) -> Options:
         skip_memory=args.skip_memory,
         run_jobs_args=tuple(run_jobs_args),
         poll_interval=args.poll_interval,
+        relay_redis=args.relay_redis or None,
+        relay_amqp=args.relay_amqp or None,
+        only=tuple(part.strip() for part in args.only.split(",") if part.strip()) if args.only else (),
         **counts,
     )
 

@@ -23,7 +23,14 @@ RAW_BATCH = 100
 RAW_IDLE = 0.01  # the raw drain loop's sleep when it finds nothing
 
 # Smaller counts for a smoke run of under a minute; explicit options still win.
-QUICK = {"jobs": 2_000, "enqueue_jobs": 300, "bulk_jobs": 5_000, "probes": 30, "memory_jobs": (1_000, 5_000)}
+QUICK = {
+    "jobs": 2_000,
+    "enqueue_jobs": 300,
+    "bulk_jobs": 5_000,
+    "probes": 30,
+    "memory_jobs": (1_000, 5_000),
+    "relay_jobs": 2_000,
+}
 
 
 class BenchmarkError(DoctorJobError):
@@ -45,3 +52,9 @@ class Options:
     reps: int = 1
     run_jobs_args: tuple[str, ...] = ()
     poll_interval: float | None = None
+    # The relay measures (bench/relay.py): the brokers, None to leave one out; relay_jobs per run.
+    relay_redis: str | None = "redis://127.0.0.1:6379/7"
+    relay_amqp: str | None = "amqp://guest:guest@127.0.0.1:5672//"
+    relay_jobs: int = 20_000
+    # Measures whose key starts with one of these (e.g. "relay/"); empty: all.
+    only: tuple[str, ...] = ()

@@ -53,9 +53,12 @@ def format_report(report: dict[str, Any]) -> str:
         )
         for p in options["processes"]
     ]
+    if options.get("only"):  # measures left out by --only get no row
+        rows = [row for row in rows if row[1] in results or row[2] in results]
     latency_title = f"latency enqueue→start, {options['probes']} probes 20 ms apart (ms)"
-    width = max(len(latency_title), *(len(label) for label, *_ in rows)) + 2
-    lines.append(f"{'throughput (jobs/s)':<{width}}{'doctorjob':>11}{'raw SQL':>11}{'ratio':>8}{'others CPU':>12}")
+    width = max([len(latency_title), *(len(label) for label, *_ in rows)]) + 2
+    if rows:
+        lines.append(f"{'throughput (jobs/s)':<{width}}{'doctorjob':>11}{'raw SQL':>11}{'ratio':>8}{'others CPU':>12}")
     for label, ours, raw in rows:
         a, b = rate(ours), rate(raw)
         noise = max(others.get(ours, 0), others.get(raw, 0))
@@ -64,10 +67,12 @@ def format_report(report: dict[str, Any]) -> str:
             f"{label:<{width}}{_num(a):>11}{_num(b):>11}"
             f"{(f'{a / b:.2f}x' if a and b else '-'):>8}{noise:>11.0%}{capped}"
         )
-    lines.append("")
+    if rows:
+        lines.append("")
 
     poll = env["poll_interval"]
-    lines.append(f"{latency_title:<{width}}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>9}{'others CPU':>12}")
+    if any(key.startswith("latency/") for key in results):
+        lines.append(f"{latency_title:<{width}}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>9}{'others CPU':>12}")
     for key, label in (
         ("latency/doctorjob/notify", "doctorjob, NOTIFY"),
         ("latency/raw/notify", "raw SQL, LISTEN/NOTIFY"),
@@ -80,6 +85,14 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{label:<{width}}{r['p50_ms']:>8.1f}{r['p95_ms']:>8.1f}{r['p99_ms']:>8.1f}"
                 f"{r['max_ms']:>9.1f}{others[key]:>12.0%}"
             )
+    relayed = [key for key in results if key.startswith("relay/")]
+    if relayed:
+        title = f"relay {options['relay_jobs']:,} jobs to a broker, 1 run_jobs --relay process (jobs/s)"
+        lines += ["", f"{title:<{width}}{'relayed':>11}{'':>19}{'others CPU':>12}"]
+        for key in relayed:
+            r = results[key]
+            capped = " (capped)" if r.get("capped") else ""
+            lines.append(f"{'  ' + r['broker']:<{width}}{_num(r['rate']):>11}{'':>19}{others[key]:>11.0%}{capped}")
     if "memory" in results:
         m = results["memory"]
         growth = f"{m['growth_pct']:+.1f}%" if m["growth_pct"] is not None else "n/a"

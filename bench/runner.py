@@ -30,6 +30,9 @@ from .options import (
     BenchmarkError,
     Options,
 )
+from .relay import QUEUE as RELAY_QUEUE
+from .relay import Target
+from .relay import targets as relay_targets
 from .report import _mib
 from .scratch import ScratchDatabase
 from .workers import RAW_DDL, RAW_INSERT, RAW_INSERT_MANY, RAW_INSERT_NOTIFY, RAW_TABLE, register_jobs
@@ -119,6 +122,8 @@ class _Bench:
         self.notes: list[str] = []
         self.logs: dict[int, str] = {}
         self._spawned = 0
+        self.relay_targets, relay_notes = relay_targets(options.relay_redis, options.relay_amqp)
+        self.notes += relay_notes
 
     def close(self) -> None:
         self.monitor.close()
@@ -139,9 +144,13 @@ class _Bench:
 
         for rep in range(1, self.options.reps + 1):
             for key, take in self._plan():
+                if self.options.only and not key.startswith(self.options.only):
+                    continue
                 self.progress(f"[{rep}/{self.options.reps}] {key}")
                 measure(key, take)
-        if not self.options.skip_memory:  # once: a 100k-job drain per repetition would add little
+        if (
+            not self.options.skip_memory and not self.options.only
+        ):  # once: a 100k-job drain per repetition would add little
             small, large = self.options.memory_jobs
             self.progress(f"memory: one worker draining {small:,} jobs, then up to {large:,}")
             measure("memory", self.memory)
@@ -167,6 +176,8 @@ class _Bench:
             for system in ("doctorjob", "raw"):
                 key = f"latency/{system}/{'notify' if notify else 'poll'}"
                 yield key, lambda s=system, n=notify: self.latency(s, n)
+        for target in self.relay_targets:
+            yield target.key, lambda t=target: self.relay(t)
 
     # -- the measures ---------------------------------------------------------------------------
 
@@ -232,7 +243,13 @@ class _Bench:
         self._reset()
         self._fill(system, n)
         self._settle(vacuum=True)
-        procs = self._start(system, processes, listen=False, idle=RAW_IDLE)
+        return {
+            **self._clock(self._start(system, processes, listen=False, idle=RAW_IDLE), n, system),
+            "processes": processes,
+        }
+
+    def _clock(self, procs: Sequence[subprocess.Popen], n: int, system: str = "doctorjob") -> dict[str, Any]:
+        """Wait for ``procs`` to empty the queue of ``n`` jobs, then stop them; the figures."""
         spawned = time.perf_counter()
         first: tuple[float, int] | None = None
         capped = False
@@ -250,7 +267,7 @@ class _Bench:
                 time.sleep(POLL_EVERY)
         finally:
             self._stop(procs)
-        result = {"jobs": n, "processes": processes, "gross_seconds": now - spawned, "capped": capped}
+        result = {"jobs": n, "gross_seconds": now - spawned, "capped": capped}
         if first is not None and now > first[0]:
             result.update(
                 seconds=now - first[0], rate=(first[1] - left) / (now - first[0]), startup_seconds=first[0] - spawned
@@ -258,6 +275,38 @@ class _Bench:
         else:  # drained between two polls: only the gross figure (start-up included) is known
             result.update(rate=(n - left) / (now - spawned), gross_only=True)
         return result
+
+    def relay(self, target: Target) -> dict[str, Any]:
+        """One ``run_jobs --relay`` process publishing ``relay_jobs`` jobs to ``target``'s broker;
+        clocked as the drain is, from the first job relayed to none left. The broker's queue must
+        then hold every job."""
+        from doctorjob import enqueue_many
+
+        n = self.options.relay_jobs
+        self._reset()
+        target.declare()
+        try:
+            enqueue_many(
+                ({"job": NOOP, "payload": {"n": i}, "queue": RELAY_QUEUE} for i in range(n)), using=self.db.alias
+            )
+            self._settle(vacuum=True)
+            result = self._clock(
+                self._start("doctorjob", 1, run_jobs_args=("--relay", *self._relay_args()), env=target.env()), n
+            )
+            arrived = target.count()
+            if arrived < n:
+                raise BenchmarkError(f"{target.label}: {arrived:,} of {n:,} relayed jobs reached the broker's queue")
+        finally:
+            target.delete()
+        return {**result, "broker": target.label, "messages": arrived}
+
+    def _relay_args(self) -> list[str]:
+        """run_jobs options that apply to a relay (--batch-size, --poll-interval)."""
+        args, given = [], list(self.options.run_jobs_args)
+        for name in ("--batch-size", "--poll-interval"):
+            if name in given:
+                args += [name, given[given.index(name) + 1]]
+        return args
 
     def latency(self, system: str, notify: bool) -> dict[str, Any]:
         """Enqueue→handler-start latency of an idle worker: probes on a fixed schedule."""
@@ -395,6 +444,8 @@ class _Bench:
         listen: bool = False,
         idle: float = RAW_IDLE,
         probe_file: str | None = None,
+        run_jobs_args: Sequence[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> list[subprocess.Popen]:
         """Start ``count`` worker processes of ``system``; their output goes to log files."""
         from psycopg.conninfo import make_conninfo
@@ -402,7 +453,7 @@ class _Bench:
         # What this process imports, and the checkout's root, where ``python -m bench`` finds bench/.
         paths = [p for p in sys.path if p]
         paths += [] if CHECKOUT in paths else [CHECKOUT]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(paths))
+        env = dict(os.environ, **(env or {}), PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(paths))
         if probe_file:
             env[PROBE_FILE_ENV] = probe_file
         command = [sys.executable, "-m", "bench"]
@@ -420,7 +471,7 @@ class _Bench:
                 "--dbname",
                 self.db.name,
                 "--run-jobs-args",
-                json.dumps(list(self.options.run_jobs_args)),
+                json.dumps(list(self.options.run_jobs_args if run_jobs_args is None else run_jobs_args)),
             ]
             command += [] if notify else ["--no-notify"]
         procs = []

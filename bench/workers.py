@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from .options import CONNINFO_ENV, NOOP, PROBE, PROBE_FILE_ENV, PROG, RAW_BATCH, RAW_IDLE
+from .relay import RELAYS_ENV
 from .scratch import add_scratch_alias
 
 # -- job handlers (registered by register_jobs(), never at import) -------------------------------
@@ -108,6 +109,8 @@ def doctorjob_worker(
     overrides = dict(getattr(django_settings, "DOCTORJOB", {}), NOTIFY=notify)
     if keep_succeeded is not None:  # the soak: retention in minutes, not days
         overrides["KEEP_SUCCEEDED"] = timedelta(seconds=keep_succeeded)
+    if os.environ.get(RELAYS_ENV):  # the relay measures: the broker the bench declared a queue on
+        overrides["RELAYS"] = json.loads(os.environ[RELAYS_ENV])
     if overrides.get("LISTEN_DATABASE") is not False:
         overrides["LISTEN_DATABASE"] = None  # listen where the bench notifies: the scratch database
     override_settings(DEBUG=False, DOCTORJOB=overrides).enable()  # DEBUG: see run()

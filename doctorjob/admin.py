@@ -86,7 +86,7 @@ class JobAdmin(ReadOnlyAdmin):
     inlines = (JobExecutionInline,)
     fieldsets = (
         (None, {"fields": ("name", "version", "queue", "status", "priority", "key", "concurrency_key")}),
-        ("Timing", {"fields": ("run_at", "created_at", "started_at", "finished_at")}),
+        ("Timing", {"fields": ("run_at", "created_at", "started_at", "finished_at", "relayed_at")}),
         ("Attempts", {"fields": ("attempts", "max_attempts", "worker", "lease_id", "lease_expires_at")}),
         ("Payload and result", {"fields": ("payload_display", "result_display", "progress_display")}),
         ("Job tree", {"fields": ("parent_display", "on_failure", "pending_children", "children_display")}),

@@ -30,6 +30,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "LEASE": (lambda v: not out_of_range("LEASE", v), "a number of seconds from 3 to 86400"),
     "SHUTDOWN_TIMEOUT": (lambda v: not out_of_range("SHUTDOWN_TIMEOUT", v), "a number of seconds from 0 to 86400"),
     "JOBS": (lambda v: isinstance(v, dict), "a dict of job name -> overrides"),
+    "RELAYS": (lambda v: isinstance(v, dict), "a dict of relay name -> {'BACKEND', 'OPTIONS', 'QUEUES'}"),
     "TIMEOUT": (
         lambda v: v is None or not out_of_range("TIMEOUT", v),
         "None or a number of seconds from 0.1 to 604800",
@@ -211,3 +212,65 @@ def check_overlap_support(app_configs: Any = None, **kwargs: Any) -> list[checks
             )
         ]
     return []
+
+
+RELAY_KEYS = {"BACKEND", "OPTIONS", "QUEUES"}
+
+
+@checks.register()
+def check_relays(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Validate DOCTORJOB['RELAYS'] and the relays @job(relay=...) names (doctorjob.E020-E023)."""
+    from django.utils.module_loading import import_string
+
+    from .registry import QUEUE_NAME, QUEUE_RULE, registry
+    from .relays import Relay
+
+    value = getattr(django_settings, "DOCTORJOB", {})
+    relays = value.get("RELAYS", {}) if isinstance(value, dict) else {}
+    relays = relays if isinstance(relays, dict) else {}
+    errors: list[checks.CheckMessage] = []
+
+    def error(message: str, id_: str, hint: str | None = None) -> None:
+        errors.append(checks.Error(message, hint=hint, obj="settings.DOCTORJOB", id=id_))
+
+    owner: dict[str, str] = {}
+    for name, config in relays.items():
+        where = f"DOCTORJOB['RELAYS'][{name!r}]"
+        if not isinstance(config, dict):
+            error(f"{where} must be a dict with 'BACKEND', got {config!r}", "doctorjob.E020")
+            continue
+        for key in sorted(set(config) - RELAY_KEYS):
+            error(f"{where} has an unknown key {key!r}", "doctorjob.E020", "Known keys: BACKEND, OPTIONS, QUEUES")
+        if not isinstance(config.get("OPTIONS", {}), dict):
+            error(f"{where}['OPTIONS'] must be a dict of keyword arguments", "doctorjob.E020")
+        queues = config.get("QUEUES", [])
+        if not isinstance(queues, (list, tuple)) or not all(
+            isinstance(q, str) and QUEUE_NAME.fullmatch(q) for q in queues
+        ):
+            error(f"{where}['QUEUES'] must be a list of queue names ({QUEUE_RULE}), got {queues!r}", "doctorjob.E020")
+            queues = []
+        for queue in queues:
+            if queue in owner and owner[queue] != name:
+                error(
+                    f"queue {queue!r} is in the QUEUES of two relays: {owner[queue]!r} and {name!r}", "doctorjob.E023"
+                )
+            owner[queue] = name
+        backend = config.get("BACKEND")
+        try:
+            cls = import_string(backend) if isinstance(backend, str) else None
+        except ImportError as exc:
+            error(f"{where}['BACKEND'] cannot be imported: {exc}", "doctorjob.E021")
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Relay)):
+            error(
+                f"{where}['BACKEND'] must be the dotted path of a doctorjob.relays.Relay subclass, got {backend!r}",
+                "doctorjob.E021",
+            )
+    for job_name, job_type in sorted(registry.items()):
+        if job_type.relay and job_type.relay not in relays:
+            error(
+                f"job '{job_name}' names relay {job_type.relay!r}, which DOCTORJOB['RELAYS'] does not define",
+                "doctorjob.E022",
+                "Known relays: " + (", ".join(sorted(relays)) or "none"),
+            )
+    return errors

@@ -39,6 +39,10 @@ DEFAULTS: dict[str, Any] = {
     "TIMEOUT": None,
     # Per-job overrides by operations (schedule, payload, version, paused), see README.
     "JOBS": {},
+    # Outbox relays, run by `run_jobs --relay` (doctorjob.relays): {name: {"BACKEND": "<dotted
+    # class>", "OPTIONS": {...}, "QUEUES": [...]}}; a job is relayed by @job(relay=name) or by
+    # being enqueued in one of a relay's QUEUES, and then never run by a plain worker.
+    "RELAYS": {},
 }
 
 

@@ -27,7 +27,7 @@ from . import trees
 from .db import database_now, execute
 from .models import DeadLetter, Job, JobDefinition, JobExecution, Outcome, QueueState, Status, new_job
 from .registry import registry
-from .signals import DEAD, RETRYING, SKIPPED, SUCCEEDED
+from .signals import DEAD, RELAYED, RETRYING, SKIPPED, SUCCEEDED
 
 WORKER_LOST = "worker lost: its lease expired before the job finished"
 WORKER_DIED = (
@@ -84,6 +84,12 @@ def _job(row: Sequence[Any], lease_id: uuid.UUID | None, worker: str, alias: str
 # win a key between our snapshot and our write, this statement fails and is run again.
 # From then on the lease, not a lock, says who owns the job.
 #
+# Relayed jobs (doctorjob.relays) are told apart by name and queue, sent as two small arrays:
+# a plain worker's claim adds "NOT name = ANY(...) AND NOT queue = ANY(...)" (only when relays
+# are configured), a relay's "(name = ANY(...) OR queue = ANY(...))". Both are filters on the
+# same ordered index scan, like the pauses, and need no column on the job nor a read of another
+# table: the worker knows its registry and settings, and a job's name and queue never change.
+#
 # The planner is told to read an index that returns jobs in claim order (enable_sort and
 # enable_bitmapscan off, for this statement only). Without statistics (a new table, until
 # autovacuum first analyses it: a fresh install's first burst) it otherwise guesses that few
@@ -135,6 +141,13 @@ SELECT * FROM claimed UNION ALL SELECT * FROM skipped
 """
 
 
+class Relayed(NamedTuple):
+    """The jobs relays publish: those of these names, and every job of these queues."""
+
+    names: Sequence[str]
+    queues: Sequence[str]
+
+
 class Claim(NamedTuple):
     """What one claim took: the jobs to run, in claim order, under one new lease; the jobs marked
     skipped because their key was busy; and how many rows it picked (a full batch means more
@@ -153,11 +166,17 @@ def claim(
     lease: float,
     queues: Sequence[str] | None = None,
     skip_on_overlap: Sequence[str] = (),
+    relayed: Relayed | None = None,
+    relay: bool = False,
 ) -> Claim:
-    """Take up to ``limit`` runnable jobs for ``worker``, running under one new lease."""
+    """Take up to ``limit`` runnable jobs for ``worker``, running under one new lease.
+
+    ``relayed`` names the jobs relays publish (by job name and by queue): a plain worker
+    (``relay=False``) passes them over, a relay (``relay=True``) takes only them."""
+    relayed = relayed or Relayed((), ())
     for _ in range(_CLAIM_RETRIES):
         try:
-            return _claim(alias, worker, limit, lease, queues, skip_on_overlap)
+            return _claim(alias, worker, limit, lease, queues, skip_on_overlap, relayed, relay)
         except IntegrityError:  # a concurrent claim won a key first (see _CLAIM); the next sees it
             continue
     # Keys contended that hard: nothing this round, but reported as a full batch, so that the
@@ -166,7 +185,14 @@ def claim(
 
 
 def _claim(
-    alias: str, worker: str, limit: int, lease: float, queues: Sequence[str] | None, skip_on_overlap: Sequence[str]
+    alias: str,
+    worker: str,
+    limit: int,
+    lease: float,
+    queues: Sequence[str] | None,
+    skip_on_overlap: Sequence[str],
+    relayed: Relayed,
+    relay: bool,
 ) -> Claim:
     lease_id = uuid.uuid4()
     connection = connections[alias]
@@ -176,6 +202,14 @@ def _claim(
             filters, params = "AND c.queue = %s", [queues[0]]
         elif queues:
             filters, params = "AND c.queue = ANY(%s)", [list(queues)]
+        if relay:
+            filters += " AND (c.name = ANY(%s::text[]) OR c.queue = ANY(%s::text[]))"
+            params += [list(relayed.names), list(relayed.queues)]
+        else:
+            for column, values in (("name", relayed.names), ("queue", relayed.queues)):
+                if values:
+                    filters += f" AND NOT c.{column} = ANY(%s::text[])"
+                    params.append(list(values))
         params += [list(skip_on_overlap), limit, lease_id, worker, float(lease)]
         rows = execute(connection, _CLAIM.format(filters=filters), params, prepare=True, planner=_CLAIM_PLANNER)
         # The claim order, for the handlers to run them in: priority descending, then run_at and id
@@ -189,7 +223,7 @@ def _claim(
             else:
                 skipped.append(_job(row[:-1], None, "", alias, Status.SKIPPED))
         return Claim(jobs, skipped, len(rows))
-    return _claim_portable(alias, worker, limit, lease, queues, skip_on_overlap, lease_id)
+    return _claim_portable(alias, worker, limit, lease, queues, skip_on_overlap, lease_id, relayed, relay)
 
 
 def _claim_portable(
@@ -200,6 +234,8 @@ def _claim_portable(
     queues: Sequence[str] | None,
     skip_on_overlap: Sequence[str],
     lease_id: uuid.UUID,
+    relayed: Relayed,
+    relay: bool,
 ) -> Claim:
     """SQLite and MySQL/MariaDB: the same rules as _CLAIM, through the ORM."""
     connection = connections[alias]
@@ -221,6 +257,10 @@ def _claim_portable(
     )
     if queues:
         runnable = runnable.filter(queue__in=queues)
+    if relay:
+        runnable = runnable.filter(Q(name__in=relayed.names) | Q(queue__in=relayed.queues))
+    else:
+        runnable = runnable.exclude(name__in=relayed.names).exclude(queue__in=relayed.queues)
     free = runnable.filter(Q(concurrency_key__isnull=True) | (~busy & ~ahead))
     overlapping = runnable.filter(
         busy, concurrency_key__isnull=False, name__in=list(skip_on_overlap), parent__isnull=True
@@ -318,8 +358,9 @@ def renew(alias: str, jobs: Iterable[Job], lease: float) -> int:
 class Finish(NamedTuple):
     """One outcome to record for a job we claimed.
 
-    ``outcome``: succeeded, retrying (queued again ``delay`` seconds from now), dead (with a dead
-    letter), skipped, or released (queued again at shutdown, the attempt not counted).
+    ``outcome``: succeeded, relayed (a relay's broker confirmed it), retrying (queued again
+    ``delay`` seconds from now), dead (with a dead letter), skipped, or released (queued again
+    at shutdown, the attempt not counted).
     ``expired`` is the lease sweep's: only if the lease has run out, the attempt recorded lost,
     and a job queued again keeps its place in line (its ``run_at``). ``lost`` is the watchdog's:
     the attempt is recorded lost (its worker died running it), and retried after the backoff.
@@ -374,6 +415,7 @@ WITH v AS (
         traceback = CASE WHEN v.outcome = 'released' THEN j.traceback ELSE coalesce(v.traceback, '') END,
         lease_id = CASE WHEN v.outcome IN ('retrying', 'released') THEN NULL ELSE j.lease_id END,
         worker = CASE WHEN v.outcome IN ('retrying', 'released') THEN '' ELSE j.worker END,
+        relayed_at = CASE WHEN v.outcome = 'relayed' THEN statement_timestamp() ELSE j.relayed_at END,
         lease_expires_at = NULL
     FROM v
     WHERE j.id = v.id AND j.lease_id = v.lease_id AND j.status = 'running'
@@ -385,7 +427,8 @@ WITH v AS (
     INSERT INTO doctorjob_jobexecution (job_id, attempt, worker, started_at, finished_at, duration, outcome, error)
     SELECT id, attempts, worker, started_at, finished_at,
            coalesce(make_interval(secs => duration), finished_at - started_at),
-           CASE WHEN lost THEN 'lost' WHEN outcome IN ('succeeded', 'skipped') THEN outcome ELSE 'failed' END,
+           CASE WHEN lost THEN 'lost' WHEN outcome IN ('succeeded', 'skipped', 'relayed') THEN outcome
+                ELSE 'failed' END,
            error
     FROM done WHERE outcome <> 'released'
 ), letters AS (
@@ -456,6 +499,8 @@ def _apply(f: Finish, **stored: Any) -> None:
         job.error, job.traceback = f.error, f.traceback
     if f.outcome == SUCCEEDED:
         job.result = f.result
+    if f.outcome == RELAYED:
+        job.relayed_at = job.finished_at
     if f.outcome == RELEASED:
         job.started_at = None
     job.lease_expires_at = None
@@ -488,6 +533,8 @@ def _finish_portable(alias: str, items: Sequence[Finish]) -> list[Finish]:
                 )
                 if f.outcome == SUCCEEDED:
                     changes["result"] = f.result
+                if f.outcome == RELAYED:
+                    changes["relayed_at"] = now
                 stored = dict(run_at=run_at, finished_at=now)
             if f.outcome in (RETRYING, RELEASED):
                 changes.update(lease_id=None, worker="")
@@ -505,7 +552,7 @@ def _finish_portable(alias: str, items: Sequence[Finish]) -> list[Finish]:
                         finished_at=now,
                         outcome=Outcome.LOST
                         if f.expired or f.lost
-                        else (f.outcome if f.outcome in (SUCCEEDED, SKIPPED) else Outcome.FAILED),
+                        else (f.outcome if f.outcome in (SUCCEEDED, SKIPPED, RELAYED) else Outcome.FAILED),
                         duration=timedelta(seconds=f.duration)
                         if f.duration is not None
                         else (now - job.started_at if job.started_at else None),

@@ -104,7 +104,7 @@ def mark_lost_workers(alias: str) -> int:
 _PRUNE = """
 WITH doomed AS (
     SELECT id FROM doctorjob_job
-    WHERE status = 'succeeded' AND finished_at < statement_timestamp() - make_interval(secs => %s)
+    WHERE status = '{status}' AND finished_at < statement_timestamp() - make_interval(secs => %s)
       -- a child whose parent has yet to run and read its result stays (written as an OR, not
       -- a bare NOT EXISTS that the planner would turn into an anti-join over the whole table)
       AND (parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM doctorjob_job AS p WHERE p.id = doctorjob_job.parent_id
@@ -121,6 +121,9 @@ WITH doomed AS (
 )
 DELETE FROM doctorjob_job WHERE id IN (SELECT id FROM doomed)
 """
+# The done jobs retention deletes, each through its own partial index: succeeded jobs, and jobs a
+# relay handed to a broker (doctorjob.relays).
+PRUNED = (Status.SUCCEEDED, Status.RELAYED)
 
 
 def vacuum_if_autovacuum_is_off(alias: str) -> float | None:
@@ -157,46 +160,48 @@ def prune_succeeded(
     stopping: threading.Event | None = None,
     budget: float | None = None,
 ) -> tuple[int, bool]:
-    """Delete succeeded jobs that finished more than ``keep`` ago (by the database's clock), in
-    batches of ``batch``, each its own short transaction, until none is left, ``stopping`` is set
-    or ``budget`` seconds have passed; returns (how many, whether any may be left)."""
+    """Delete succeeded and relayed jobs that finished more than ``keep`` ago (by the database's
+    clock), in batches of ``batch``, each its own short transaction, until none is left,
+    ``stopping`` is set or ``budget`` seconds have passed; returns (how many, whether any may be
+    left)."""
     connection, total = connections[alias], 0
     deadline = None if budget is None else time.monotonic() + budget
     while True:
         if connection.vendor == "postgresql":
-            deleted = execute(connection, _PRUNE, [keep.total_seconds(), batch])
+            deleted = [execute(connection, _PRUNE.format(status=s), [keep.total_seconds(), batch]) for s in PRUNED]
         else:
-            deleted = _prune_portable(alias, database_now(connection) - keep, batch)
-        total += deleted
-        if deleted < batch:
+            cutoff = database_now(connection) - keep
+            deleted = [_prune_portable(alias, cutoff, batch, status) for status in PRUNED]
+        total += sum(deleted)
+        if max(deleted) < batch:
             return total, False
         if (stopping is not None and stopping.is_set()) or (deadline is not None and time.monotonic() >= deadline):
             return total, True
 
 
-def _prune_portable(alias: str, cutoff: datetime, batch: int) -> int:
+def _prune_portable(alias: str, cutoff: datetime, batch: int, status: str = Status.SUCCEEDED) -> int:
     """SQLite and MySQL/MariaDB: what _PRUNE does, in three statements."""
     if connections[alias].vendor == "sqlite":
         # Each statement on its own: a transaction that reads and then writes fails at once with
         # "database is locked" when another connection writes meanwhile (SQLite cannot upgrade
         # its lock). The three select the same jobs: a succeeded job never changes again, and
         # none finishes before the cutoff.
-        doomed = prunable(alias, cutoff).order_by("finished_at", "id").values("id")[:batch]
+        doomed = prunable(alias, cutoff, status).order_by("finished_at", "id").values("id")[:batch]
         return delete_jobs(alias, doomed)
     with transaction.atomic(using=alias):
-        ids = list(prunable(alias, cutoff).order_by("finished_at").values_list("id", flat=True)[:batch])
+        ids = list(prunable(alias, cutoff, status).order_by("finished_at").values_list("id", flat=True)[:batch])
         if not ids:
             return 0
         return delete_jobs(alias, ids)
 
 
-def prunable(alias: str, cutoff: datetime) -> QuerySet[Job]:
-    """Succeeded jobs finished before ``cutoff``, but for children whose parent still has to run."""
+def prunable(alias: str, cutoff: datetime, status: str = Status.SUCCEEDED) -> QuerySet[Job]:
+    """Jobs of ``status`` finished before ``cutoff``, but for children whose parent still has to run."""
     needed = Job.objects.using(alias).filter(
         id=OuterRef("parent_id"), status__in=[Status.WAITING, Status.QUEUED, Status.RUNNING]
     )
     return Job.objects.using(alias).filter(
-        Q(parent__isnull=True) | ~Exists(needed), status=Status.SUCCEEDED, finished_at__lt=cutoff
+        Q(parent__isnull=True) | ~Exists(needed), status=status, finished_at__lt=cutoff
     )
 
 

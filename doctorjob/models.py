@@ -19,6 +19,7 @@ class Status(models.TextChoices):
     CANCELLED = "cancelled", "cancelled"
     SKIPPED = "skipped", "skipped"
     WAITING = "waiting", "waiting"  # for its children to finish; never claimed
+    RELAYED = "relayed", "relayed"  # published to an external broker by a relay (doctorjob.relays)
 
 
 class OnFailure(models.TextChoices):
@@ -85,6 +86,7 @@ class Job(models.Model):
     pending_children = models.IntegerField(
         null=True, blank=True, help_text="Children still to finish before this job can run."
     )
+    relayed_at = models.DateTimeField(null=True, blank=True, help_text="When the broker confirmed the job (relays).")
 
     class Meta:
         # Every status change is a non-HOT update that adds the new row version to each index
@@ -129,6 +131,8 @@ class Job(models.Model):
             models.Index(fields=["finished_at"], name="doctorjob_job_succeeded", condition=Q(status="succeeded")),
             # A parent's children (results, failures, the admin): only children enter it.
             models.Index(fields=["parent"], name="doctorjob_job_parent", condition=Q(parent__isnull=False)),
+            # Retention of relayed jobs (the broker has them): relayed jobs by age.
+            models.Index(fields=["finished_at"], name="doctorjob_job_relayed", condition=Q(status="relayed")),
         ]
 
     def __str__(self) -> str:
@@ -231,6 +235,7 @@ class Outcome(models.TextChoices):
     FAILED = "failed", "failed"
     SKIPPED = "skipped", "skipped"
     LOST = "lost", "lost"
+    RELAYED = "relayed", "relayed"
 
 
 class JobExecution(models.Model):

@@ -43,6 +43,8 @@ class JobType:
     on_overlap: str = "wait"
     concurrency_key: Callable[[Any], Any] | None = field(default=None, compare=False)
     timeout: float | None = None
+    relay: str | None = None  # published by this relay (DOCTORJOB["RELAYS"]), never run by a worker
+    task: str | None = None  # the relay's task name (Celery), default the job's name
 
     @property
     def options(self) -> dict[str, Any]:
@@ -57,6 +59,7 @@ class JobType:
             "on_overlap": self.on_overlap,
             "concurrency_key": self.concurrency_key is not None,
             **({"timeout": self.timeout} if self.timeout is not None else {}),
+            **({"relay": self.relay, "task": self.task or self.name} if self.relay else {}),
         }
 
     def key_for(self, payload: Any) -> str | None:
@@ -147,6 +150,8 @@ def job(
     on_overlap: str = ...,
     concurrency_key: Callable[[Any], Any] | None = ...,
     timeout: float | None = ...,
+    relay: str | None = ...,
+    task: str | None = ...,
 ) -> Callable[[H], H]: ...
 
 
@@ -167,6 +172,8 @@ def job(
     on_overlap: str = "wait",
     concurrency_key: Callable[[Any], Any] | None = None,
     timeout: float | None = None,
+    relay: str | None = None,
+    task: str | None = None,
 ) -> Any:
     """Register ``handler(payload, ctx)`` as a job; ``name`` defaults to its dotted path.
 
@@ -176,6 +183,8 @@ def job(
     ``schedule`` (cron, 5 fields or 6 with seconds first) makes workers enqueue it with
     ``payload``; ``version``/``min_version`` retire old job data; ``singleton`` and
     ``concurrency_key`` keep runs from overlapping (``on_overlap``: "wait" or "skip").
+    ``relay`` names a relay of ``DOCTORJOB["RELAYS"]`` that publishes the jobs to a broker
+    (``task``: the task name there) instead of a worker running the handler.
     """
     if callable(name):  # bare @job
         return job()(name)
@@ -214,6 +223,11 @@ def job(
             raise ImproperlyConfigured(f"@job timeout {problem}")
     if concurrency_key is not None and not callable(concurrency_key):
         raise ImproperlyConfigured("@job concurrency_key must be a function of the payload")
+    for arg, text in (("relay", relay), ("task", task)):
+        if text is not None and (not isinstance(text, str) or not text or len(text) > 200):
+            raise ImproperlyConfigured(f"@job {arg} must be a non-empty name of at most 200 characters, got {text!r}")
+    if task is not None and relay is None:
+        raise ImproperlyConfigured("@job task is the name a relay publishes the job under: give relay= too")
     if schedule:
         from .schedule import ScheduleError, validate_schedule
 
@@ -241,6 +255,8 @@ def job(
             on_overlap,
             concurrency_key,
             timeout,
+            relay,
+            task,
         )
         if payload is not None or schedule:  # every tick carries it ({} when none is given)
             try:

@@ -40,6 +40,9 @@ def log_finished(sender: Any, job: Any, outcome: str, duration: float | None = N
             job.run_at.isoformat() if job.run_at else None,
             job.error,
         )
+    elif outcome == signals.RELAYED:
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("relayed job_id=%s name=%s attempt=%s", job.pk, job.name, job.attempts, extra=PER_JOB)
     elif outcome == signals.DEAD:
         logger.error("dead job_id=%s name=%s attempt=%s error=%s", job.pk, job.name, job.attempts, job.error)
     else:

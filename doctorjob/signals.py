@@ -7,7 +7,8 @@
   handler runs.
 - ``job_finished(sender=Job, job=..., outcome=...)``: sent by the worker once the outcome is
   committed; ``outcome`` is ``"succeeded"``, ``"retrying"`` (``job.status`` is ``queued`` again),
-  ``"dead"`` or ``"skipped"``, and ``job.status``, ``job.attempts`` and ``job.error`` are as stored.
+  ``"dead"``, ``"skipped"`` or ``"relayed"`` (from a relay), and ``job.status``, ``job.attempts``
+  and ``job.error`` are as stored.
 
 In the worker, a receiver that raises is logged with its traceback and changes neither the
 job's outcome nor the worker's life.
@@ -25,6 +26,7 @@ job_started = Signal(use_caching=True)
 job_finished = Signal(use_caching=True)
 
 SUCCEEDED, RETRYING, DEAD, SKIPPED = "succeeded", "retrying", "dead", "skipped"
+RELAYED = "relayed"  # a relay's broker confirmed the job (doctorjob.relays)
 
 logger = logging.getLogger("doctorjob")
 

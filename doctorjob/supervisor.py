@@ -10,14 +10,17 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .worker import Worker
+
+class Stoppable(Protocol):
+    """A worker or a relay: what the signals stop."""
+
+    def stop(self, *, now: bool = False) -> None: ...
 
 
 @contextmanager
-def stop_on_signals(worker: Worker, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+def stop_on_signals(worker: Stoppable, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
     """Stop ``worker`` gracefully on the first SIGTERM/SIGINT and at once on the second.
 
     The Python-level handler does nothing: the signal's number reaches a socket through
@@ -30,11 +33,14 @@ def stop_on_signals(worker: Worker, signals: Sequence[int] = (signal.SIGTERM, si
 
     def watch() -> None:
         received = 0
-        while data := reader.recv(64):
-            for signum in data:
-                if signum in signals:
-                    worker.stop(now=received > 0)
-                    received += 1
+        try:
+            while data := reader.recv(64):
+                for signum in data:
+                    if signum in signals:
+                        worker.stop(now=received > 0)
+                        received += 1
+        except OSError:  # closed below as the block exits (run_jobs ending at once): nothing to watch
+            return
 
     previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in signals}
     previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)

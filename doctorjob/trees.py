@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("doctorjob")
 
 ON_FAILURE = ("fail-parent", "ignore", "remove")
-FINISHED = ("succeeded", "dead", "cancelled", "skipped")
+FINISHED = ("succeeded", "dead", "cancelled", "skipped", "relayed")
 
 
 class Child:

@@ -24,7 +24,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from . import definitions, leases
+from . import definitions, leases, relays
 from .conf import out_of_range, settings
 from .context import JobContext, install_log_record_factory, set_current_job
 from .db import behind_pooler, close_quietly, database_now, not_migrated
@@ -100,6 +100,7 @@ class Worker:
         self._due = {"renew": 0.0, "refresh": 0.0}
         self._min_version: dict[str, int] = {}
         self._skip_on_overlap: list[str] = []
+        self._relayed = leases.Relayed((), ())  # relays publish these: never ours to run
         self._low_water = max(self.batch_size // 2, self.concurrency)
         # Handler threads running a job that has a timeout: (job, deadline, timeout). A thread
         # whose job timed out is abandoned (Python cannot stop it) and replaced by a new one.
@@ -196,6 +197,7 @@ class Worker:
             ),
         )
         self._skip_on_overlap = [n for n, t in registry.items() if t.on_overlap == "skip"]
+        self._relayed = relays.relayed()
         if self.queues:
             used = {t.queue for t in registry.values()} | set(
                 JobDefinition.objects.using(self.alias).filter(retired=False).values_list("queue", flat=True)
@@ -272,6 +274,7 @@ class Worker:
             lease=self.lease,
             queues=self.queues,
             skip_on_overlap=self._skip_on_overlap,
+            relayed=self._relayed,
         )
         for job in claim.skipped:
             send_robust(job_finished, job=job, outcome=SKIPPED, duration=None)

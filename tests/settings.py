@@ -53,3 +53,42 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"doctorjob": {"handlers": ["console"], "level": env("DOCTORJOB_LOG_LEVEL", default="INFO")}},
 }
+
+# Relays (doctorjob.relays) for the relay tests, each test naming its own broker database, queue
+# and exchange through the environment of the relay processes it starts.
+DOCTORJOB = {
+    "RELAYS": {
+        "celery": {
+            "BACKEND": env("DOCTORJOB_TEST_CELERY_BACKEND", default="doctorjob.relays.CeleryRelay"),
+            "OPTIONS": {
+                "app": "tests.relay.celery_app.app",
+                "queue": env("DOCTORJOB_TEST_CELERY_QUEUE", default="doctorjob-tests"),
+                **({"marker": env("DOCTORJOB_TEST_MARKER")} if env("DOCTORJOB_TEST_MARKER", default="") else {}),
+            },
+        },
+        "rabbitmq": {
+            "BACKEND": "doctorjob.relays.KombuRelay",
+            "OPTIONS": {
+                "url": env("DOCTORJOB_TEST_AMQP", default="amqp://guest:guest@127.0.0.1:5672//"),
+                "exchange": env("DOCTORJOB_TEST_EXCHANGE", default="doctorjob-tests"),
+            },
+            "QUEUES": ["to-rabbitmq"],
+        },
+        "redis": {
+            "BACKEND": "doctorjob.relays.KombuRelay",
+            "OPTIONS": {
+                "url": env("DOCTORJOB_TEST_REDIS", default="redis://127.0.0.1:6379/7"),
+                "exchange": env("DOCTORJOB_TEST_EXCHANGE", default="doctorjob-tests"),
+            },
+            "QUEUES": ["to-redis"],
+        },
+        "custom": {
+            "BACKEND": "tests.testapp.relays.FileRelay",
+            "OPTIONS": {
+                "path": env("DOCTORJOB_TEST_RELAY_FILE", default="/tmp/doctorjob-relay-tests.jsonl"),
+                "fail": env("DOCTORJOB_TEST_RELAY_FAIL", default=""),
+                "down": env("DOCTORJOB_TEST_RELAY_DOWN", default=""),
+            },
+        },
+    }
+}

@@ -79,4 +79,4 @@ def typed(payload, ctx):
     return payload["client_id"]
 
 
-from . import jobs_acceptance, jobs_integration, jobs_issue4, jobs_lifecycle, jobs_trees  # noqa: E402,F401  (more handlers, kept by test suite)  # noqa
+from . import jobs_acceptance, jobs_integration, jobs_issue4, jobs_lifecycle, jobs_relay, jobs_trees  # noqa: E402,F401  (more handlers, kept by test suite)  # noqa

@@ -2,10 +2,12 @@
 a user's type checker catches misuse. Each ``type: ignore[...]`` marks a line that must be an
 error; mypy's warn_unused_ignores (part of --strict) fails the check should it stop being one."""
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from doctorjob import Child, JobContext, enqueue, enqueue_many, job
 from doctorjob.models import Job
+from doctorjob.relays import Relay, RelayUnavailable
 from doctorjob.testing import Ran, assert_enqueued, enqueued, perform, run_jobs
 
 
@@ -39,3 +41,24 @@ outcome: str = ran[0].outcome
 matching: list[Job] = assert_enqueued(greet, {"name": "x"}, count=1, queue="emails")
 waiting: list[Job] = enqueued("typing.greet")
 result: object = perform(greet, {"name": "x"}, attempt=2)
+
+
+# The outbox relay: a relay job, and a Relay of one's own.
+@job("typing.ship", relay="celery", task="orders.tasks.ship")
+def ship(payload: dict[str, int], ctx: JobContext) -> None: ...
+
+
+@job("typing.bad_relay", relay=3)  # type: ignore[call-overload, untyped-decorator]
+def bad_relay(payload: object, ctx: JobContext) -> None: ...
+
+
+class Webhook(Relay):
+    def __init__(self, *, url: str) -> None:
+        self.url = url
+
+    def publish(self, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            raise RelayUnavailable("nothing to do")
+
+
+relayed_at = queued.relayed_at

@@ -98,6 +98,12 @@ class Command(BaseCommand):
             "--database", default=None, help="Database alias (default: the router's choice for doctorjob's Job model)."
         )
         parser.add_argument(
+            "--relay",
+            action="store_true",
+            help="Run an outbox relay: publish the jobs of DOCTORJOB['RELAYS'] to their brokers, run no handler "
+            "(--batch-size is the publishing batch).",
+        )
+        parser.add_argument(
             "--processes",
             type=limited("PROCESSES"),
             default=1,
@@ -105,6 +111,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["relay"]:
+            return self._relay(options)
         if options["processes"] > 1:
             code = run_processes(options["processes"], self._child_argv(options))
             if code:
@@ -147,6 +155,40 @@ class Command(BaseCommand):
                 worker.watchdog.close()
         if worker.recycle:  # stuck threads: a fresh process is needed, as a supervisor would start
             raise SystemExit(3)
+
+    def _relay(self, options: dict[str, Any]) -> None:
+        """``run_jobs --relay``: a relay process (doctorjob.relays), thin over RelayWorker."""
+        for option in ("concurrency", "max_jobs", "shutdown_timeout"):
+            if options[option] is not None:
+                raise CommandError(f"--{option.replace('_', '-')} does not apply to --relay: a relay runs no handler")
+        if options["processes"] != 1:
+            raise CommandError("--processes does not apply to --relay: start one relay per queue to keep its order")
+        from django.db import connections
+
+        from doctorjob.exceptions import NotMigrated
+        from doctorjob.relays import RelayWorker
+
+        configure_logging(options["verbosity"])
+        if options["database"] is not None and options["database"] not in connections:
+            raise CommandError(f"unknown database alias {options['database']!r}")
+        try:
+            relay = RelayWorker(
+                queues=options["queues"],
+                batch_size=options["batch_size"],
+                poll_interval=options["poll_interval"],
+                lease=options["lease"],
+                burst=options["burst"],
+                using=options["database"],
+            )
+        except (ValueError, TypeError, ImportError) as exc:
+            raise CommandError(f"DOCTORJOB['RELAYS']: {exc}") from exc
+        if not relay.relays:
+            raise CommandError("no relay configured: add one to DOCTORJOB['RELAYS'] (see doctorjob.relays)")
+        try:
+            with stop_on_signals(relay):
+                relay.run()
+        except NotMigrated as exc:
+            raise CommandError(str(exc)) from exc
 
     @staticmethod
     def _child_argv(options: dict[str, Any]) -> list[str]:
