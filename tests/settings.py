@@ -2,6 +2,7 @@
 
 import os
 
+import django
 import environ
 
 env = environ.Env()
@@ -53,3 +54,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"doctorjob": {"handlers": ["console"], "level": env("DOCTORJOB_LOG_LEVEL", default="INFO")}},
 }
+
+if django.VERSION >= (6, 0):
+    # Django's Tasks API, run by doctorjob (tests/*/test_tasks*.py; tests/testapp/tasks.py).
+    TASKS = {
+        "default": {"BACKEND": "doctorjob.backends.DoctorJobBackend", "QUEUES": ["default", "tasks-urgent"]},
+        "retrying": {"BACKEND": "doctorjob.backends.DoctorJobBackend", "OPTIONS": {"MAX_ATTEMPTS": 2}},
+    }

@@ -1,0 +1,426 @@
+"""A ``django.tasks`` backend: Django's Tasks API (Django 6), run by doctorjob's workers.
+
+``TASKS = {"default": {"BACKEND": "doctorjob.backends.DoctorJobBackend"}}`` makes
+``Task.enqueue()`` write a ``Job`` row on the caller's connection, in the caller's transaction
+(never ``on_commit``), so a task commits with the data it refers to or not at all. One task is
+one job of the reserved job type ``doctorjob.task``, whose payload names the task and holds its
+arguments; ``run_jobs`` runs it with leases, retries, dead letters and pauses like any job, and
+the admin lists it. ``TaskResult.id`` is the job's id.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ParamSpec, TypeAlias, TypeVar, cast
+
+import django
+from django.core.exceptions import ImproperlyConfigured
+
+if django.VERSION < (6, 0):
+    raise ImproperlyConfigured(
+        f"doctorjob.backends.DoctorJobBackend needs Django 6.0 or later (django.tasks); this is Django "
+        f"{django.get_version()}: upgrade Django, or enqueue doctorjob jobs with doctorjob.enqueue()"
+    )
+
+from django.conf import settings as django_settings
+from django.core import checks
+from django.core.signals import setting_changed
+from django.db import router
+from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.base import TaskError
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued, task_finished, task_started
+from django.utils import timezone
+from django.utils.json import normalize_json
+from django.utils.module_loading import import_string
+
+from .payloads import first_problem
+from .registry import QUEUE_NAME, QUEUE_RULE, JobType, registry
+from .signals import job_finished, job_started
+
+__all__ = ["TASK_JOB", "DoctorJobBackend", "WorkerLost"]
+
+# The job type every task runs through; its payload says which task.
+TASK_JOB = "doctorjob.task"
+OPTIONS = {"MAX_ATTEMPTS"}
+_MAX_ID = 2**63 - 1
+P = ParamSpec("P")
+R = TypeVar("R")
+# Generic in django-stubs only.
+AnyTask: TypeAlias = "Task[..., Any]"
+AnyResult: TypeAlias = "TaskResult[..., Any]"
+
+
+class WorkerLost(Exception):
+    """The ``TaskError`` of an attempt whose worker died or lost its lease while running it."""
+
+
+class DoctorJobBackend(BaseTaskBackend):
+    """Run Django tasks as doctorjob jobs: transactional enqueue, leases, retries, the admin.
+
+    ``OPTIONS["MAX_ATTEMPTS"]`` (default 1, as Django's API promises one run) lets failed tasks
+    be retried with ``DOCTORJOB["BACKOFF"]``.
+    """
+
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        self.max_attempts = self.options.get("MAX_ATTEMPTS", 1) if isinstance(self.options, dict) else None
+        register()
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        errors: list[checks.CheckMessage] = list(super().check(**kwargs))
+        where = f"TASKS[{self.alias!r}]"
+        if "doctorjob" not in django_settings.INSTALLED_APPS:
+            errors.append(
+                checks.Error(
+                    f"{where} uses DoctorJobBackend, but 'doctorjob' is not in INSTALLED_APPS", id="doctorjob.E101"
+                )
+            )
+        for queue in sorted(self.queues):
+            if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
+                errors.append(checks.Error(f"{where} QUEUES: {QUEUE_RULE}, got {queue!r}", id="doctorjob.E102"))
+        if not isinstance(self.options, dict):
+            errors.append(checks.Error(f"{where} OPTIONS must be a dict, got {self.options!r}", id="doctorjob.E103"))
+        else:
+            for name in sorted(set(self.options) - OPTIONS):
+                errors.append(
+                    checks.Error(
+                        f"{where} OPTIONS: unknown option {name!r}; DoctorJobBackend knows {sorted(OPTIONS)}",
+                        id="doctorjob.E103",
+                    )
+                )
+            if problem := _max_attempts_problem(self.options.get("MAX_ATTEMPTS", 1)):
+                errors.append(checks.Error(f"{where} OPTIONS MAX_ATTEMPTS {problem}", id="doctorjob.E104"))
+        return errors
+
+    def validate_task(self, task: AnyTask) -> None:
+        """Django's rules, then doctorjob's: a queue name every database stores, an aware run_after."""
+        super().validate_task(task)
+        if not isinstance(task.queue_name, str) or not QUEUE_NAME.fullmatch(task.queue_name):
+            raise InvalidTask(f"Queue {task.queue_name!r} is not valid for doctorjob: {QUEUE_RULE}.")
+        if task.run_after is not None and timezone.is_naive(task.run_after):
+            raise InvalidTask("run_after must be an aware datetime.")
+
+    def enqueue(self, task: Task[P, R], args: Sequence[Any], kwargs: dict[str, Any]) -> TaskResult[P, R]:
+        """Write the task's job in the caller's transaction and return its READY result."""
+        from .outbox import enqueue
+
+        self.validate_task(task)
+        if problem := _max_attempts_problem(self.max_attempts):
+            raise ImproperlyConfigured(f"TASKS[{self.alias!r}] OPTIONS MAX_ATTEMPTS {problem}")
+        args, kwargs = _arguments(task, args, kwargs)
+        payload = {
+            "task": task.module_path,
+            "args": args,
+            "kwargs": kwargs,
+            "backend": task.backend,
+            "run_after": task.run_after.isoformat() if task.run_after is not None else None,
+        }
+        job = enqueue(
+            TASK_JOB,
+            payload,
+            queue=task.queue_name,
+            priority=int(task.priority),
+            run_at=task.run_after,
+            max_attempts=self.max_attempts,
+            using=router.db_for_write(_models().Job),
+        )
+        result = _result(job, [], task)
+        task_enqueued.send(type(self), task_result=result)
+        return cast("TaskResult[P, R]", result)
+
+    def get_result(self, result_id: str) -> AnyResult:
+        """The task's result as stored now; TaskResultDoesNotExist for any id no task has."""
+        models = _models()
+        pk = _job_id(result_id)
+        alias = router.db_for_write(models.Job)  # where enqueue() wrote: the caller sees its own tasks
+        try:
+            job = models.Job.objects.using(alias).get(pk=pk, name=TASK_JOB)
+        except models.Job.DoesNotExist:
+            raise TaskResultDoesNotExist(result_id) from None
+        return _result(job, _attempts(alias, job.pk) if job.attempts else [])
+
+
+# -- the job type that runs tasks -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskJobType(JobType):
+    """Calls the task the payload names, with ``TaskContext`` when it takes one; a return value
+    that is not JSON fails the attempt (raising here, so it is recorded with its traceback)."""
+
+    def call(self, payload: Any, ctx: Any) -> Any:
+        result = _take_running(ctx.job_id)
+        if result is None:  # job_started's receiver did not run (or raised): read the job
+            result = _started_result(_models().Job.objects.get(pk=ctx.job_id))
+        task = result.task
+        if task.takes_context:
+            value = task.call(TaskContext(task_result=result), *result.args, **result.kwargs)
+        else:
+            value = task.call(*result.args, **result.kwargs)
+        return _return_value(task, value)
+
+
+def register() -> None:
+    """Register the job type that runs tasks and connect the task signals (idempotent): at
+    start-up when TASKS names this backend (apps.py), and whenever a backend is made."""
+    if TASK_JOB not in registry:
+        registry[TASK_JOB] = TaskJobType(TASK_JOB, _not_called, max_attempts=1)
+    job_started.connect(_send_task_started, dispatch_uid="doctorjob.task_started")
+    job_finished.connect(_send_task_finished, dispatch_uid="doctorjob.task_finished")
+
+
+def _not_called(payload: Any, ctx: Any) -> Any:  # TaskJobType.call replaces the handler
+    raise NotImplementedError
+
+
+# job_started's receiver builds the RUNNING result, sends task_started and leaves the result for
+# TaskJobType.call, which runs next in the same handler thread, to hand to the task as TaskContext.
+_running = threading.local()
+
+
+def _take_running(job_id: int) -> AnyResult | None:
+    found = getattr(_running, "result", None)
+    _running.result = None
+    return found[1] if found is not None and found[0] == job_id else None
+
+
+def _send_task_started(sender: Any, job: Any, **kwargs: Any) -> None:
+    if job.name != TASK_JOB:
+        return
+    result = _started_result(job)
+    _running.result = (job.pk, result)
+    task_started.send(_backend_class(result), task_result=result)
+
+
+def _started_result(job: Any) -> AnyResult:
+    alias = job._state.db or router.db_for_write(type(job))
+    return _result(job, _attempts(alias, job.pk) if job.attempts > 1 else [])
+
+
+def _send_task_finished(sender: Any, job: Any, outcome: str, **kwargs: Any) -> None:
+    """After each attempt's outcome is stored: SUCCESSFUL, FAILED, or READY again for a retry."""
+    if job.name != TASK_JOB or not task_finished.receivers:
+        return
+    from .models import Status
+
+    alias = job._state.db or router.db_for_write(type(job))
+    if job.status == Status.SUCCEEDED and job.attempts == 1:
+        attempts = [_Attempt(1, job.worker, job.started_at, "succeeded", "", "")]  # as stored: no query
+    else:
+        attempts = _attempts(alias, job.pk)
+    result = _result(job, attempts)
+    task_finished.send(_backend_class(result), task_result=result)
+
+
+def _backend_class(result: AnyResult) -> type[BaseTaskBackend]:
+    try:
+        return type(result.task.get_backend())
+    except Exception:  # noqa: BLE001 - the alias went from TASKS since: the sender is still ours
+        return DoctorJobBackend
+
+
+# -- results ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    attempt: int
+    worker: str
+    started_at: datetime | None
+    outcome: str
+    error: str
+    traceback: str
+
+
+def _attempts(alias: str, job_id: int) -> list[_Attempt]:
+    rows = (
+        _models()
+        .JobExecution.objects.using(alias)
+        .filter(job_id=job_id)
+        .order_by("attempt", "id")
+        .values_list("attempt", "worker", "started_at", "outcome", "error", "traceback")
+    )
+    return [_Attempt(*row) for row in rows]
+
+
+def _result(job: Any, attempts: Sequence[_Attempt], task: AnyTask | None = None) -> AnyResult:
+    """The TaskResult of the task ``job`` runs, from the job and its recorded attempts."""
+    from .models import Outcome, Status
+
+    payload = job.payload
+    if task is None:
+        task = _task(payload["task"], payload["backend"], job.priority, job.queue, payload.get("run_after"))
+    status = _STATUS[job.status]
+    attempts = [a for a in attempts if a.outcome != Outcome.SKIPPED]
+    worker_ids = [a.worker for a in attempts]
+    running = job.status == Status.RUNNING and not any(a.attempt == job.attempts for a in attempts)
+    if running:  # the current attempt is recorded once it ends: its worker counts from the claim
+        worker_ids.append(job.worker)
+    starts = [a.started_at for a in attempts if a.started_at is not None]
+    if running and job.started_at is not None:
+        starts.append(job.started_at)
+    result: AnyResult = TaskResult(
+        task=task,
+        id=str(job.pk),
+        status=status,
+        enqueued_at=job.created_at,
+        started_at=min(starts) if starts else None,
+        last_attempted_at=max(starts) if starts else None,
+        finished_at=job.finished_at if status in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED) else None,
+        args=payload["args"],
+        kwargs=payload["kwargs"],
+        backend=payload["backend"],
+        errors=[_error(a) for a in attempts if a.outcome in (Outcome.FAILED, Outcome.LOST)],
+        worker_ids=worker_ids,
+    )
+    if status == TaskResultStatus.SUCCESSFUL:
+        object.__setattr__(result, "_return_value", job.result)
+    return result
+
+
+_STATUS = {
+    "queued": TaskResultStatus.READY,
+    "running": TaskResultStatus.RUNNING,
+    "succeeded": TaskResultStatus.SUCCESSFUL,
+    "dead": TaskResultStatus.FAILED,
+    "cancelled": TaskResultStatus.FAILED,
+    "skipped": TaskResultStatus.FAILED,
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def _task(path: str, backend: str, priority: int, queue: str, run_after: str | None) -> AnyTask:
+    """The enqueued Task again: the module's Task with the options it was enqueued with."""
+    try:
+        found = import_string(path)
+    except ImportError as exc:
+        raise ValueError(f"task {path!r} cannot be imported: {exc}") from exc
+    if not isinstance(found, Task):
+        raise ValueError(f"{path!r} is not a Task (a function decorated with @django.tasks.task)")
+    return found.using(
+        priority=priority,
+        queue_name=queue,
+        run_after=datetime.fromisoformat(run_after) if run_after else None,
+        backend=backend,
+    )
+
+
+def _clear_tasks(setting: str, **kwargs: Any) -> None:
+    if setting == "TASKS":  # the Tasks were validated by the backends of the old setting
+        _task.cache_clear()
+
+
+setting_changed.connect(_clear_tasks, dispatch_uid="doctorjob.backends.clear_tasks")
+
+# The last line of a traceback's final section that starts at column 0 is `module.Class: message`
+# (`Class` alone for builtins), which is how the class path of each failed attempt is kept.
+_TRACEBACK_HEAD = "Traceback (most recent call last):"
+_CLASS = re.compile(r"([A-Za-z_][\w.]*)(?::|$)")
+
+
+def _error(attempt: _Attempt) -> TaskError:
+    """One failed attempt as Django's TaskError: the raised class's path and its traceback."""
+    if attempt.outcome == "lost":
+        return TaskError(
+            exception_class_path=f"{WorkerLost.__module__}.{WorkerLost.__qualname__}",
+            traceback=attempt.traceback or attempt.error,
+        )
+    if not attempt.traceback:  # doctorjob's own verdicts: a timeout, an unknown job
+        path = (
+            "builtins.TimeoutError" if attempt.error.startswith("timed out") else "doctorjob.exceptions.DoctorJobError"
+        )
+        return TaskError(exception_class_path=path, traceback=attempt.error)
+    return TaskError(exception_class_path=_class_path(attempt.traceback), traceback=attempt.traceback)
+
+
+def _class_path(traceback: str) -> str:
+    """The raised class's path: the first line at column 0 after the frames of the last section
+    (a header in a message is followed by no frame)."""
+    lines = traceback.splitlines()
+    heads = [i for i, line in enumerate(lines[:-1]) if line == _TRACEBACK_HEAD and lines[i + 1].startswith("  File ")]
+    for line in lines[heads[-1] + 1 if heads else 0 :]:
+        if line and not line[0].isspace():
+            found = _CLASS.match(line)
+            if found:
+                name = found[1]
+                return name if "." in name else f"builtins.{name}"
+            break
+    return "builtins.Exception"
+
+
+# -- arguments and return values ------------------------------------------------------------------
+
+
+def _arguments(task: AnyTask, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """args and kwargs as Django normalises them, or TypeError naming what is not JSON."""
+    try:
+        normal_args: list[Any] = normalize_json(list(args))  # type: ignore[assignment]
+        normal_kwargs: dict[str, Any] = normalize_json(kwargs)  # type: ignore[assignment]
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"task {task.module_path!r}: its arguments must be JSON: {exc}") from exc
+    for value, root in ((normal_args, "args"), (normal_kwargs, "kwargs")):
+        if found := first_problem(value, root):
+            where, bad, _ = found
+            raise TypeError(f"task {task.module_path!r}: {where} ({bad!r:.60}) cannot be stored as JSON")
+    return normal_args, normal_kwargs
+
+
+def _return_value(task: AnyTask, value: Any) -> Any:
+    try:
+        normal = normalize_json(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"task {task.module_path!r} returned a value that is not JSON: {exc}") from exc
+    if found := first_problem(normal, "return value"):
+        where, bad, why = found
+        if why in ("type", "depth", "big-int"):
+            raise TypeError(f"task {task.module_path!r}: its {where} ({bad!r:.60}) cannot be stored as JSON")
+    return normal
+
+
+def _job_id(result_id: Any) -> int:
+    """The job id a result id names: digits only, as ``str(job.pk)`` writes them."""
+    if isinstance(result_id, str) and result_id.isascii() and result_id.isdigit():
+        pk = int(result_id)
+        if str(pk) == result_id and 0 < pk <= _MAX_ID:
+            return pk
+    raise TaskResultDoesNotExist(result_id)
+
+
+def _max_attempts_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
+        return f"must be an integer from 1 to 2147483647, got {value!r}"
+    return None
+
+
+def _models() -> Any:
+    from . import models
+
+    return models
+
+
+def configured(tasks: Any) -> Iterable[str]:
+    """The aliases of TASKS whose backend is this one (or a subclass)."""
+    if not isinstance(tasks, dict):
+        return []
+    found = []
+    for alias, params in tasks.items():
+        path = params.get("BACKEND") if isinstance(params, dict) else None
+        try:
+            cls = import_string(path) if isinstance(path, str) else None
+        except ImportError:
+            continue  # Django reports it
+        if isinstance(cls, type) and issubclass(cls, DoctorJobBackend):
+            found.append(alias)
+    return found
