@@ -274,3 +274,13 @@ def test_the_class_path_of_a_failure_is_read_from_its_traceback():
         import traceback
 
         assert _class_path("".join(traceback.format_exception(outer))) == "tests.testapp.tasks.TaskBroke"
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_tasks_as_jobs(admin_client):
+    result = tasks.add.enqueue(1, 2)
+    page = admin_client.get("/admin/doctorjob/job/")
+    assert page.status_code == 200
+    assert TASK_JOB in page.content.decode()
+    detail = admin_client.get(f"/admin/doctorjob/job/{result.id}/change/")
+    assert detail.status_code == 200 and "tests.testapp.tasks.add" in detail.content.decode()
