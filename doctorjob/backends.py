@@ -171,6 +171,16 @@ class TaskJobType(JobType):
             value = task.call(*result.args, **result.kwargs)
         return _return_value(task, value)
 
+    @property
+    def queues(self) -> frozenset[str]:
+        """Every queue a DoctorJobBackend of TASKS allows."""
+        from django.tasks import task_backends
+
+        found = {self.queue}
+        for alias in configured(getattr(django_settings, "TASKS", None)):
+            found |= set(task_backends[alias].queues)
+        return frozenset(found)
+
 
 def register() -> None:
     """Register the job type that runs tasks and connect the task signals (idempotent): at

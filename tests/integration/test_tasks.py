@@ -22,7 +22,8 @@ from django.utils import timezone  # noqa: E402
 
 from doctorjob import enqueue  # noqa: E402
 from doctorjob.backends import TASK_JOB, DoctorJobBackend, WorkerLost, _class_path  # noqa: E402
-from doctorjob.models import Job, JobExecution, Status  # noqa: E402
+from doctorjob.models import Job, JobExecution, QueueState, Status  # noqa: E402
+from doctorjob.registry import registry  # noqa: E402
 from tests.testapp import tasks  # noqa: E402
 
 DEEP: list = [1]
@@ -284,3 +285,17 @@ def test_the_admin_lists_tasks_as_jobs(admin_client):
     assert TASK_JOB in page.content.decode()
     detail = admin_client.get(f"/admin/doctorjob/job/{result.id}/change/")
     assert detail.status_code == 200 and "tests.testapp.tasks.add" in detail.content.decode()
+
+
+def test_run_jobs_knows_the_queues_tasks_use():
+    # run_jobs --queues tasks-urgent must not warn that no registered job uses that queue
+    assert registry[TASK_JOB].queues == {"default", "tasks-urgent"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_paused_queue_holds_its_tasks(run_worker):
+    QueueState.objects.create(name="tasks-urgent", paused=True)
+    held, ran = tasks.urgent.enqueue(1), tasks.add.enqueue(1, 2)
+    run_worker()
+    assert default_task_backend.get_result(held.id).status == TaskResultStatus.READY
+    assert default_task_backend.get_result(ran.id).status == TaskResultStatus.SUCCESSFUL
