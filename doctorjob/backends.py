@@ -49,6 +49,18 @@ __all__ = ["TASK_JOB", "DoctorJobBackend", "WorkerLost"]
 # The job type every task runs through; its payload says which task.
 TASK_JOB = "doctorjob.task"
 OPTIONS = {"MAX_ATTEMPTS"}
+# What a task's job holds: checked when the admin requeues a corrected dead letter, as for any job.
+PAYLOAD_SCHEMA = {
+    "type": "object",
+    "required": ["task", "args", "kwargs", "backend"],
+    "properties": {
+        "task": {"type": "string", "minLength": 1},
+        "args": {"type": "array"},
+        "kwargs": {"type": "object"},
+        "backend": {"type": "string", "minLength": 1},
+        "run_after": {"type": ["string", "null"]},
+    },
+}
 _MAX_ID = 2**63 - 1
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -186,7 +198,7 @@ def register() -> None:
     """Register the job type that runs tasks and connect the task signals (idempotent): at
     start-up when TASKS names this backend (apps.py), and whenever a backend is made."""
     if TASK_JOB not in registry:
-        registry[TASK_JOB] = TaskJobType(TASK_JOB, _not_called, max_attempts=1)
+        registry[TASK_JOB] = TaskJobType(TASK_JOB, _not_called, max_attempts=1, schema=PAYLOAD_SCHEMA)
     job_started.connect(_send_task_started, dispatch_uid="doctorjob.task_started")
     job_finished.connect(_send_task_finished, dispatch_uid="doctorjob.task_finished")
 

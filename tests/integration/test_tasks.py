@@ -20,7 +20,7 @@ from django.tasks.signals import task_enqueued  # noqa: E402
 from django.test.utils import override_settings  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from doctorjob import enqueue  # noqa: E402
+from doctorjob import InvalidPayload, enqueue  # noqa: E402
 from doctorjob.backends import TASK_JOB, DoctorJobBackend, WorkerLost, _class_path  # noqa: E402
 from doctorjob.models import Job, JobExecution, QueueState, Status  # noqa: E402
 from doctorjob.registry import registry  # noqa: E402
@@ -299,3 +299,10 @@ def test_a_paused_queue_holds_its_tasks(run_worker):
     run_worker()
     assert default_task_backend.get_result(held.id).status == TaskResultStatus.READY
     assert default_task_backend.get_result(ran.id).status == TaskResultStatus.SUCCESSFUL
+
+
+@pytest.mark.django_db
+def test_a_task_payload_without_its_task_is_refused_like_any_bad_payload():
+    with pytest.raises(InvalidPayload, match="'task' is a required property"):
+        enqueue(TASK_JOB, {"args": [], "kwargs": {}, "backend": "default"})
+    assert not Job.objects.exists()
