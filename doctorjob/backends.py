@@ -246,11 +246,20 @@ def _send_task_finished(sender: Any, job: Any, outcome: str, **kwargs: Any) -> N
     task_finished.send(_backend_class(result), task_result=result)
 
 
+_senders: dict[str, type[BaseTaskBackend]] = {}
+
+
 def _backend_class(result: AnyResult) -> type[BaseTaskBackend]:
-    try:
-        return type(result.task.get_backend())
-    except Exception:  # noqa: BLE001 - the alias went from TASKS since: the sender is still ours
-        return DoctorJobBackend
+    """The signals' sender: the class of the task's backend (looked up once per alias: the
+    worker sends two signals per task, and ``task_backends`` is a thread-local lookup)."""
+    sender = _senders.get(result.backend)
+    if sender is None:
+        try:
+            sender = type(result.task.get_backend())
+        except Exception:  # noqa: BLE001 - the alias went from TASKS since: the sender is still ours
+            sender = DoctorJobBackend
+        _senders[result.backend] = sender
+    return sender
 
 
 # -- results ----------------------------------------------------------------------------------------
@@ -342,6 +351,7 @@ def _task(path: str, backend: str, priority: int, queue: str, run_after: str | N
 def _clear_tasks(setting: str, **kwargs: Any) -> None:
     if setting == "TASKS":  # the Tasks were validated by the backends of the old setting
         _task.cache_clear()
+        _senders.clear()
 
 
 setting_changed.connect(_clear_tasks, dispatch_uid="doctorjob.backends.clear_tasks")
