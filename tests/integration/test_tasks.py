@@ -303,6 +303,8 @@ def test_a_paused_queue_holds_its_tasks(run_worker):
 
 @pytest.mark.django_db
 def test_a_task_payload_without_its_task_is_refused_like_any_bad_payload():
-    with pytest.raises(InvalidPayload, match="'task' is a required property"):
+    with pytest.raises(
+        InvalidPayload, match=r"payload\['task'\] of job 'doctorjob.task' must be a non-empty string, got None"
+    ):
         enqueue(TASK_JOB, {"args": [], "kwargs": {}, "backend": "default"})
     assert not Job.objects.exists()
