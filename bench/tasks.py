@@ -22,6 +22,8 @@ from typing import Any
 
 import django
 
+BLOCK = 100  # enqueues of one system before the other's turn
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tasks", description=__doc__.split("\n\n")[0])
@@ -65,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, db, CHECKOUT)
         results: dict[str, list[dict[str, float]]] = {"tasks": [], "doctorjob": []}
         for rep in range(args.reps):
-            for system in ("tasks", "doctorjob") if rep % 2 == 0 else ("doctorjob", "tasks"):
-                results[system].append(bench.measure(system))
+            order = ("tasks", "doctorjob") if rep % 2 == 0 else ("doctorjob", "tasks")
+            enqueue_rates = bench.enqueue(order)
+            for system in order:
+                results[system].append({"enqueue": enqueue_rates[system], "drain": bench.drain(system)})
                 print(f"rep {rep + 1} {system}: {_brief(results[system][-1])}", flush=True)
         print(report(args, results))
     finally:
@@ -84,30 +88,43 @@ class Bench:
         self.monitor = psycopg.connect(**db.params, autocommit=True)
         self.workdir = tempfile.mkdtemp(prefix="doctorjob-bench-tasks-")
 
-    def measure(self, system: str) -> dict[str, float]:
-        from django.db import transaction
-
+    def _sender(self, system: str) -> Callable[[int], Any]:
         from doctorjob import enqueue
 
         from .django_tasks import noop
         from .options import NOOP
 
-        send: Callable[[int], Any] = noop.enqueue if system == "tasks" else (lambda n: enqueue(NOOP, {"n": n}))
-        self._reset()
-        n = self.args.enqueue_jobs
-        started = time.perf_counter()
-        for i in range(n):
-            with transaction.atomic():
-                send(i)
-        enqueue_rate = n / (time.perf_counter() - started)
+        return noop.enqueue if system == "tasks" else (lambda n: enqueue(NOOP, {"n": n}))
+
+    def enqueue(self, order: tuple[str, ...]) -> dict[str, float]:
+        """One job per transaction, the systems taking turns every BLOCK jobs, so that the load
+        of a shared machine weighs on both alike."""
+        from django.db import transaction
 
         self._reset()
+        spent = dict.fromkeys(order, 0.0)
+        senders = {system: self._sender(system) for system in order}
+        blocks = max(1, self.args.enqueue_jobs // BLOCK)
+        for block in range(blocks):
+            for system in order if block % 2 == 0 else order[::-1]:
+                send = senders[system]
+                started = time.perf_counter()
+                for i in range(BLOCK):
+                    with transaction.atomic():
+                        send(i)
+                spent[system] += time.perf_counter() - started
+        return {system: blocks * BLOCK / seconds for system, seconds in spent.items()}
+
+    def drain(self, system: str) -> float:
+        from django.db import transaction
+
+        self._reset()
+        send = self._sender(system)
         with transaction.atomic():
             for i in range(self.args.jobs):
                 send(i)
         self.monitor.execute("VACUUM ANALYZE doctorjob_job")
-        drain_rate = self._drain()
-        return {"enqueue": enqueue_rate, "drain": drain_rate}
+        return self._drain()
 
     def _reset(self) -> None:
         self.monitor.execute("TRUNCATE doctorjob_job, doctorjob_jobexecution, doctorjob_deadletter CASCADE")
