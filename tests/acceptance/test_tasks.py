@@ -122,7 +122,8 @@ def test_a_worker_killed_running_a_task_costs_one_attempt_and_another_worker_ret
     release = tmp_path / "release"
     waiting = tasks.waits_for.using(backend="retrying").enqueue(str(release))
     first = workers("--poll-interval", "0.1")
-    wait_for(lambda: result_of(waiting, "retrying").status == TaskResultStatus.RUNNING, message=first.output)
+    wait_for(lambda: Path(f"{release}.started").exists(), message=first.output)
+    assert result_of(waiting, "retrying").status == TaskResultStatus.RUNNING
     first.kill()  # SIGKILL: its watchdog records the attempt as lost, to be retried after the backoff
     release.touch()
     second = workers("--poll-interval", "0.1")

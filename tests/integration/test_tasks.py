@@ -21,9 +21,10 @@ from django.test.utils import override_settings  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from doctorjob import InvalidPayload, enqueue  # noqa: E402
-from doctorjob.backends import TASK_JOB, DoctorJobBackend, WorkerLost, _class_path  # noqa: E402
+from doctorjob.backends import TASK_JOB, DoctorJobBackend, WorkerLost  # noqa: E402
 from doctorjob.models import Job, JobExecution, QueueState, Status  # noqa: E402
 from doctorjob.registry import registry  # noqa: E402
+from doctorjob.task_results import WORKER_LOST, class_path  # noqa: E402
 from tests.testapp import tasks  # noqa: E402
 
 DEEP: list = [1]
@@ -262,9 +263,9 @@ def test_the_class_path_of_a_failure_is_read_from_its_traceback():
         except BaseException as raised:  # noqa: BLE001
             return "".join(traceback.format_exception(raised))
 
-    assert _class_path(traceback_of(ValueError("a\nTraceback (most recent call last):\nx"))) == "builtins.ValueError"
-    assert _class_path(traceback_of(tasks.TaskBroke("x"))) == "tests.testapp.tasks.TaskBroke"
-    assert _class_path(traceback_of(WorkerLost())) == "doctorjob.backends.WorkerLost"
+    assert class_path(traceback_of(ValueError("a\nTraceback (most recent call last):\nx"))) == "builtins.ValueError"
+    assert class_path(traceback_of(tasks.TaskBroke("x"))) == "tests.testapp.tasks.TaskBroke"
+    assert class_path(traceback_of(WorkerLost())) == WORKER_LOST == "doctorjob.backends.WorkerLost"
     try:
         try:
             raise KeyError("inner")
@@ -274,7 +275,7 @@ def test_the_class_path_of_a_failure_is_read_from_its_traceback():
         outer.add_note("a note")
         import traceback
 
-        assert _class_path("".join(traceback.format_exception(outer))) == "tests.testapp.tasks.TaskBroke"
+        assert class_path("".join(traceback.format_exception(outer))) == "tests.testapp.tasks.TaskBroke"
 
 
 @pytest.mark.django_db

@@ -64,7 +64,9 @@ def returns_a_set() -> Any:
 
 @task
 def waits_for(path: str, timeout: float = 30.0) -> str:
-    """Run until ``path`` exists: the test looks at the task while it runs."""
+    """Run until ``path`` exists: the test looks at the task while it runs. ``path.started``
+    says that it runs (a claimed task whose worker dies before it starts costs no attempt)."""
+    Path(f"{path}.started").touch()
     deadline = time.monotonic() + timeout
     while not Path(path).exists():
         if time.monotonic() > deadline:
