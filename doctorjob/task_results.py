@@ -65,7 +65,7 @@ def build_result(job: Any, attempts: Sequence[Attempt], task: AnyTask | None = N
     starts = [a.started_at for a in attempts if a.started_at is not None]
     if running and job.started_at is not None:
         starts.append(job.started_at)
-    return _newbuild_result(
+    return _new_result(
         task=task,
         id=str(job.pk),
         status=status,
@@ -85,7 +85,7 @@ def build_result(job: Any, attempts: Sequence[Attempt], task: AnyTask | None = N
 _RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(TaskResult))
 
 
-def _newbuild_result(**values: Any) -> AnyResult:
+def _new_result(**values: Any) -> AnyResult:
     """``TaskResult(**values)`` without its ``__post_init__``, which normalises args and kwargs
     again: they were normalised by enqueue() and come back from JSON as they were. The worker
     makes two results per task, and that second normalisation was an eighth of the cost."""
