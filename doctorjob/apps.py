@@ -1,4 +1,6 @@
+import django
 from django.apps import AppConfig
+from django.conf import settings
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -17,3 +19,9 @@ class DoctorJobConfig(AppConfig):
 
         # Like admin.py: every installed app's jobs.py registers its handlers at start-up.
         autodiscover_modules("jobs")
+
+        if django.VERSION >= (6, 0):  # django.tasks: the job type that runs them, if TASKS uses doctorjob
+            from .backends import configured, register
+
+            if configured(getattr(settings, "TASKS", None)):
+                register()

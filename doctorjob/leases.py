@@ -424,12 +424,13 @@ WITH v AS (
               j.finished_at, j.run_at, j.error, j.traceback, v.outcome, v.duration, v.worker,
               v.expired OR v.lost AS lost, v.lease_id
 ), history AS (
-    INSERT INTO doctorjob_jobexecution (job_id, attempt, worker, started_at, finished_at, duration, outcome, error)
+    INSERT INTO doctorjob_jobexecution (job_id, attempt, worker, started_at, finished_at, duration, outcome, error,
+                                        traceback)
     SELECT id, attempts, worker, started_at, finished_at,
            coalesce(make_interval(secs => duration), finished_at - started_at),
            CASE WHEN lost THEN 'lost' WHEN outcome IN ('succeeded', 'skipped', 'relayed') THEN outcome
                 ELSE 'failed' END,
-           error
+           error, traceback
     FROM done WHERE outcome <> 'released'
 ), letters AS (
     INSERT INTO doctorjob_deadletter (job_id, name, queue, payload, priority, attempts, max_attempts, key, error,
@@ -557,6 +558,7 @@ def _finish_portable(alias: str, items: Sequence[Finish]) -> list[Finish]:
                         if f.duration is not None
                         else (now - job.started_at if job.started_at else None),
                         error=f.error,
+                        traceback=f.traceback,
                     )
                 )
             if f.outcome == DEAD:

@@ -249,6 +249,7 @@ class JobExecution(models.Model):
     duration = models.DurationField(null=True, blank=True)
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
 
     class Meta:
         indexes = [models.Index(fields=["job", "attempt"], name="doctorjob_execution_job")]

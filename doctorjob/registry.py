@@ -79,6 +79,11 @@ class JobType:
         return self.func(payload, ctx)
 
     @property
+    def queues(self) -> frozenset[str]:
+        """The queues its jobs are enqueued on, for run_jobs' warning about a queue no job uses."""
+        return frozenset([self.queue])
+
+    @property
     def path(self) -> str:
         return f"{self.func.__module__}.{self.func.__qualname__}"
 

@@ -199,7 +199,7 @@ class Worker:
         self._skip_on_overlap = [n for n, t in registry.items() if t.on_overlap == "skip"]
         self._relayed = relays.relayed()
         if self.queues:
-            used = {t.queue for t in registry.values()} | set(
+            used = {queue for t in registry.values() for queue in t.queues} | set(
                 JobDefinition.objects.using(self.alias).filter(retired=False).values_list("queue", flat=True)
             )
             for queue in self.queues:

@@ -2,6 +2,7 @@
 
 import os
 
+import django
 import environ
 
 env = environ.Env()
@@ -92,3 +93,9 @@ DOCTORJOB = {
         },
     }
 }
+if django.VERSION >= (6, 0):
+    # Django's Tasks API, run by doctorjob (tests/*/test_tasks*.py; tests/testapp/tasks.py).
+    TASKS = {
+        "default": {"BACKEND": "doctorjob.backends.DoctorJobBackend", "QUEUES": ["default", "tasks-urgent"]},
+        "retrying": {"BACKEND": "doctorjob.backends.DoctorJobBackend", "OPTIONS": {"MAX_ATTEMPTS": 2}},
+    }
