@@ -4,16 +4,17 @@ applies to, so two people clicking at once cannot both act on the same job."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import router, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from .definitions import desired
-from .exceptions import InvalidEnqueue
-from .models import DeadLetter, Job, JobDefinition, Status
+from .exceptions import DoctorJobError, InvalidEnqueue, UnknownJob
+from .models import DeadLetter, Job, JobDefinition, JobExecution, QueueState, Status
 from .outbox import _write, build_job, enqueue
 from .registry import get_job_type
 from .signals import job_enqueued
@@ -44,8 +45,12 @@ def requeue(dead_letter: DeadLetter, payload: Any = None, *, using: str | None =
 def retry(jobs: Iterable[Job], *, using: str | None = None) -> int:
     """Queue dead or cancelled jobs to run now and mark their dead letters requeued as them, so
     the same work cannot be requeued twice; returns how many were queued."""
-    alias, now = using or router.db_for_write(Job), timezone.now()
-    selected = [j.pk for j in jobs]
+    return _retry([j.pk for j in jobs], using or router.db_for_write(Job))[0]
+
+
+def _retry(selected: list[int], alias: str) -> tuple[int, int]:
+    """retry() on job ids; returns (how many were queued, how many had a dead letter already requeued)."""
+    now = timezone.now()
     with transaction.atomic(using=alias):
         # The dead letters first, locked, in the order requeue() locks them: a requeue of one of
         # them running at this moment either committed before (and the job is left alone here)
@@ -64,7 +69,7 @@ def retry(jobs: Iterable[Job], *, using: str | None = None) -> int:
         DeadLetter.objects.using(alias).filter(job_id__in=pks, requeued_at__isnull=True).update(
             requeued_at=now, requeued_job_id=F("job_id")
         )
-        return (
+        retried = (
             Job.objects.using(alias)
             .filter(pk__in=pks)
             .update(
@@ -77,6 +82,7 @@ def retry(jobs: Iterable[Job], *, using: str | None = None) -> int:
                 finished_at=None,
             )
         )
+        return retried, len(already)
 
 
 def cancel(jobs: Iterable[Job], *, using: str | None = None) -> int:
@@ -93,3 +99,148 @@ def run_now(name: str, payload: Any = None, *, using: str | None = None) -> Job:
         definition = JobDefinition.objects.using(alias).filter(name=job_type.name).first()
         payload = definition.payload if definition else desired(job_type)["payload"]
     return enqueue(job_type, payload, using=using)
+
+
+# -- on everything a filter matches ------------------------------------------------------------
+
+CHUNK = 2000  # rows changed per transaction: short locks, and within every database's parameter limit
+
+
+@dataclass(frozen=True)
+class Bulk:
+    """What a bulk operation did: how many rows it changed and, by reason, how many it skipped."""
+
+    changed: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __add__(self, other: Bulk) -> Bulk:
+        skipped = dict(self.skipped)
+        for reason, count in other.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+        return Bulk(self.changed + other.changed, {r: c for r, c in skipped.items() if c})
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(self.skipped.values())
+
+
+def _chunks(queryset: QuerySet[Any]) -> Iterator[list[int]]:
+    """The primary keys ``queryset`` matches, CHUNK at a time in key order: one indexed query a
+    chunk however many rows match, and rows changed meanwhile are seen as they are then."""
+    keys = queryset.order_by("pk").values_list("pk", flat=True)
+    last = None
+    while True:
+        chunk = list((keys if last is None else keys.filter(pk__gt=last))[:CHUNK])
+        if not chunk:
+            return
+        yield chunk
+        last = chunk[-1]
+
+
+def retry_matching(jobs: QuerySet[Job]) -> Bulk:
+    """retry() every job ``jobs`` matches, a chunk per transaction."""
+    result = Bulk()
+    for chunk in _chunks(jobs):
+        retried, already = _retry(chunk, jobs.db)
+        result += Bulk(
+            retried,
+            {
+                "whose dead letter was already requeued": already,
+                "that were not dead or cancelled": len(chunk) - retried - already,
+            },
+        )
+    return result
+
+
+def cancel_matching(jobs: QuerySet[Job]) -> Bulk:
+    """cancel() every job ``jobs`` matches, a chunk per statement."""
+    result, now = Bulk(), timezone.now()
+    for chunk in _chunks(jobs):
+        cancelled = (
+            Job.objects.using(jobs.db)
+            .filter(pk__in=chunk, status=Status.QUEUED)
+            .update(status=Status.CANCELLED, finished_at=now)
+        )
+        result += Bulk(cancelled, {"that were not queued": len(chunk) - cancelled})
+    return result
+
+
+def purge_matching(jobs: QuerySet[Job]) -> Bulk:
+    """Delete every job ``jobs`` matches with its execution history, except running jobs (a
+    worker holds them), in SQL, a chunk per transaction. Dead letters stay, unlinked."""
+    result, alias = Bulk(), jobs.db
+    for chunk in _chunks(jobs):
+        with transaction.atomic(using=alias):
+            # Locked first, as a claim would lock them: a job claimed meanwhile is left alone.
+            doomed = list(
+                Job.objects.using(alias)
+                .select_for_update()
+                .filter(pk__in=chunk)
+                .exclude(status=Status.RUNNING)
+                .values_list("pk", flat=True)
+            )
+            JobExecution.objects.using(alias).filter(job_id__in=doomed)._raw_delete(alias)
+            DeadLetter.objects.using(alias).filter(job_id__in=doomed).update(job_id=None)
+            DeadLetter.objects.using(alias).filter(requeued_job_id__in=doomed).update(requeued_job_id=None)
+            deleted = Job.objects.using(alias).filter(pk__in=doomed)._raw_delete(alias)
+        result += Bulk(deleted, {"that were running": len(chunk) - deleted})
+    return result
+
+
+def requeue_matching(letters: QuerySet[DeadLetter]) -> Bulk:
+    """requeue() every dead letter ``letters`` matches with its own payload: a chunk per
+    transaction, the new jobs written in one statement, the letters marked in another."""
+    result, alias = Bulk(), letters.db
+    for chunk in _chunks(letters):
+        unknown = invalid = 0
+        with transaction.atomic(using=alias):
+            todo = list(
+                DeadLetter.objects.using(alias)
+                .select_for_update()
+                .filter(pk__in=chunk, requeued_at__isnull=True)
+                .order_by("pk")
+            )
+            rows, marked = [], []
+            for letter in todo:
+                try:
+                    rows.append(
+                        build_job(
+                            letter.name,
+                            letter.payload,
+                            priority=letter.priority,
+                            queue=letter.queue,
+                            max_attempts=letter.max_attempts,
+                        )
+                    )
+                except UnknownJob:
+                    unknown += 1
+                except DoctorJobError:  # its payload no longer passes the job's schema
+                    invalid += 1
+                else:
+                    marked.append(letter)
+            now = timezone.now()
+            for letter, job in zip(marked, _write(rows, alias) if rows else []):
+                letter.requeued_at, letter.requeued_job = now, job
+            DeadLetter.objects.using(alias).bulk_update(marked, ["requeued_at", "requeued_job"], batch_size=CHUNK)
+            if job_enqueued.receivers:
+                for letter in marked:
+                    job_enqueued.send(sender=Job, job=letter.requeued_job)
+        result += Bulk(
+            len(marked),
+            {
+                "already requeued": len(chunk) - len(todo),
+                "whose job is no longer registered": unknown,
+                "whose payload no longer passes the job's schema": invalid,
+            },
+        )
+    return result
+
+
+def set_paused(
+    model: type[QueueState] | type[JobDefinition], name: str, paused: bool, *, using: str | None = None
+) -> bool:
+    """Pause or resume one queue or definition by name; False if there is none such."""
+    alias = using or router.db_for_write(model)
+    if model is QueueState and paused:
+        QueueState.objects.using(alias).get_or_create(name=name)
+    return bool(model.objects.using(alias).filter(name=name).update(paused=paused, updated_at=timezone.now()))
