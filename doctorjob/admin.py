@@ -106,7 +106,7 @@ class JobExecutionInline(_TabularInline):
 
 @admin.register(Job)
 class JobAdmin(ReadOnlyAdmin):
-    list_display = ("id", "name", "queue", "status_badge", "attempts_display", "priority", "run_at_s", "finished_at_s")
+    list_display = ("id", "name", "queue", "status_badge", "attempts_display", "run_at_s", "finished_at_s")
     list_filter = ("status", QueueFilter, NameFilter)
     list_per_page = 50  # each row costs the admin ~2 ms to draw
     search_fields = ("key",)  # and more: see get_search_results

@@ -13,6 +13,7 @@ from typing import Any
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
+from django.utils.text import Truncator
 
 EMPTY = "-"
 
@@ -34,7 +35,7 @@ def folded(text: str, summary: str = "Traceback") -> SafeString | str:
     """Long text such as a traceback, folded under its last line (where Python puts the error)."""
     if not text:
         return EMPTY
-    last = text.rstrip().rpartition("\n")[2].strip()
+    last = Truncator(text.rstrip().rpartition("\n")[2].strip()).chars(160)
     return format_html(
         '<details class="dj-fold"><summary>{}: {}</summary><pre class="dj-pre">{}</pre></details>', summary, last, text
     )
