@@ -26,7 +26,7 @@ DASHBOARD = "admin:doctorjob_dashboard"
 
 
 def staff(client: Client, *codenames: str) -> Client:
-    user = User.objects.create_user(username="-".join(codenames) or "staff", is_staff=True)
+    user = User.objects.create_user(username=f"staff-{User.objects.count()}", is_staff=True)
     user.user_permissions.set(Permission.objects.filter(content_type__app_label="doctorjob", codename__in=codenames))
     client.force_login(user)
     return client
