@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.doctorjob-installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench screenshots clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,12 @@ test: venv
 # The benchmark harness (bench/, not installed), e.g. make bench BENCH_ARGS="--quick"; see docs/benchmark.md.
 bench: venv
 	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
+# The admin's pages in a headless chromium at 1024, 1400 and 1920 px (and the dashboard in dark
+# mode), saved as docs/screenshots/*.png for the README; a SQLite scratch database of its own.
+screenshots: venv
+	env -u DATABASE_URL DOCTORJOB_TEST_SQLITE=/tmp/doctorjob-screenshots.sqlite3 DOCTORJOB_SCREENSHOTS=docs/screenshots \
+		$(VENV)/bin/python -m pytest tests/browser -q -k fits
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info db.sqlite3

@@ -14,7 +14,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from doctorjob import changelists, enqueue_many, operations, stats
+from doctorjob import enqueue_many, operations, stats
+from doctorjob.admin import changelists
 from doctorjob.models import DeadLetter, Job, JobDefinition, JobExecution, QueueState, Status, Worker
 
 from .factories import DeadLetterFactory, JobFactory

@@ -17,8 +17,9 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from . import display, operations, stats
-from .models import Job, JobDefinition, QueueState
+from .. import operations, stats
+from ..models import Job, JobDefinition, QueueState
+from . import display
 
 # The chart's drawing area, in SVG user units (the SVG scales to its box).
 WIDTH, HEIGHT, LEFT, BOTTOM = 720, 200, 44, 22

@@ -18,9 +18,9 @@ from django.utils.text import Truncator
 EMPTY = "-"
 
 
-def badge(status: str) -> SafeString:
-    """A status as a coloured badge (the colours are in doctorjob/admin.css)."""
-    return format_html('<span class="dj-badge dj-{}">{}</span>', status, status)
+def badge(status: str, colour: str | None = None) -> SafeString:
+    """A status as a coloured badge (colours by status in templates/admin/doctorjob/styles.html)."""
+    return format_html('<span class="dj-badge dj-{}">{}</span>', colour or status, status)
 
 
 def pre(text: str) -> SafeString | str:

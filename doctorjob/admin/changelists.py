@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.functional import cached_property
 
-from .models import JobDefinition, QueueState
+from ..models import JobDefinition, QueueState
 
 # A list whose plan says more rows than this shows the planner's estimate, not a count.
 ESTIMATE_ABOVE = 10_000
