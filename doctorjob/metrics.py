@@ -15,6 +15,7 @@ import hmac
 from collections.abc import Iterator
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -92,8 +93,13 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
             status=403,
             content_type="text/plain",
         )
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+    try:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            'doctorjob\'s metrics need prometheus_client: pip install "doctorjob[metrics]"'
+        ) from exc
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector())

@@ -5,7 +5,8 @@ rather than a ``SELECT DISTINCT`` over the jobs."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.contrib import admin
 from django.core.paginator import Paginator
@@ -15,6 +16,8 @@ from django.http import HttpRequest
 from django.utils.functional import cached_property
 
 from ..models import JobDefinition, QueueState
+
+T = TypeVar("T")
 
 # A list whose plan says more rows than this shows the planner's estimate, not a count.
 ESTIMATE_ABOVE = 10_000
@@ -46,14 +49,22 @@ class EstimatingPaginator(Paginator):  # type: ignore[type-arg]
 
 
 def _count_within(queryset: QuerySet[Any], budget_ms: int) -> int:
-    """COUNT(*) under a statement timeout, in a savepoint whose rollback also undoes the timeout."""
-    with transaction.atomic(using=queryset.db), connections[queryset.db].cursor() as cursor:
+    return within(queryset.db, budget_ms, queryset.count)
+
+
+def within(alias: str, budget_ms: int, query: Callable[[], T]) -> T:
+    """Run ``query`` under a PostgreSQL statement timeout of ``budget_ms`` (OperationalError past
+    it), in a savepoint whose rollback also undoes the timeout. Other databases: no limit."""
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        return query()
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('statement_timeout')")
         previous = cursor.fetchone()[0]
         cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(budget_ms)])
-        count = queryset.count()
+        result = query()
         cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
-        return count
+        return result
 
 
 def _planned_rows(queryset: QuerySet[Any]) -> int:

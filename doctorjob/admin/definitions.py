@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db import OperationalError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -13,7 +14,13 @@ from django.utils.html import format_html
 from ..exceptions import DoctorJobError
 from ..models import Job, JobDefinition, JobExecution, JobVersion, Outcome, QueueState
 from .base import ReadOnlyAdmin, _TabularInline, plural
+from .changelists import within
 from .display import when
+
+# A definition's last run and success rate read the jobs by name, which no index holds: on a big
+# table and a rare job, give up rather than hold the page.
+STATS_BUDGET_MS = 200
+TOO_LONG = "unknown (its jobs are too rare in a big table to find quickly; filter the jobs by name)"
 
 
 class JobVersionInline(_TabularInline):
@@ -68,14 +75,17 @@ class JobDefinitionAdmin(ReadOnlyAdmin):
 
     @admin.display(description="last run")
     def last_run(self, definition: JobDefinition) -> str:
-        """When its latest job started, found through the job table's primary key."""
-        started = (
+        """When its latest job started, found through the job table's primary key (a job rare
+        in a big table may take too long to find: then it says so)."""
+        latest = (
             Job.objects.filter(name=definition.name, started_at__isnull=False)
             .order_by("-id")
             .values_list("started_at", flat=True)
-            .first()
         )
-        return when(started)
+        try:
+            return when(within(latest.db, STATS_BUDGET_MS, latest.first))
+        except OperationalError:
+            return TOO_LONG
 
     @admin.display(description="success rate (last 1,000 attempts)")
     def success_rate(self, definition: JobDefinition) -> str:
@@ -84,7 +94,10 @@ class JobDefinitionAdmin(ReadOnlyAdmin):
             .order_by("-job_id")
             .values_list("outcome", flat=True)[:1000]
         )
-        outcomes = list(recent)
+        try:
+            outcomes = within(recent.db, STATS_BUDGET_MS, lambda: list(recent))
+        except OperationalError:
+            return TOO_LONG
         if not outcomes:
             return "-"
         succeeded = sum(outcome == Outcome.SUCCEEDED for outcome in outcomes)
