@@ -25,7 +25,7 @@ TOO_LONG = "unknown (its jobs are too rare in a big table to find quickly; filte
 
 class JobVersionInline(_TabularInline):
     model = JobVersion
-    fields = readonly_fields = ("number", "first_seen", "schedule", "options", "payload")
+    fields = readonly_fields = ("number", "first_seen_s", "schedule", "options", "payload")
     ordering = ("-number",)
     extra = 0
     can_delete = False
@@ -33,12 +33,16 @@ class JobVersionInline(_TabularInline):
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    @admin.display(description="first seen")
+    def first_seen_s(self, version: JobVersion) -> str:
+        return when(version.first_seen)
+
 
 @admin.register(JobDefinition)
 class JobDefinitionAdmin(ReadOnlyAdmin):
     """Jobs the code declares (kept in sync by workers and ``sync_jobs``): run now, pause, resume."""
 
-    list_display = ("name", "queue", "version", "min_version", "schedule", "paused", "retired", "updated_at")
+    list_display = ("name", "queue", "version", "min_version", "schedule", "paused", "retired", "updated_at_s")
     list_filter = ("paused", "retired", "queue")
     search_fields = ("name",)
     ordering = ("name",)
@@ -54,19 +58,35 @@ class JobDefinitionAdmin(ReadOnlyAdmin):
                     "version",
                     "min_version",
                     "schedule",
-                    "scheduled_since",
-                    "last_tick",
+                    "scheduled_since_s",
+                    "last_tick_s",
                     "paused",
                     "retired",
                     "options",
                     "payload",
-                    "created_at",
-                    "updated_at",
+                    "created_at_s",
+                    "updated_at_s",
                 )
             },
         ),
         ("Runs", {"fields": ("jobs_link", "last_run", "success_rate")}),
     )
+
+    @admin.display(description="scheduled since")
+    def scheduled_since_s(self, definition: JobDefinition) -> str:
+        return when(definition.scheduled_since)
+
+    @admin.display(description="last tick")
+    def last_tick_s(self, definition: JobDefinition) -> str:
+        return when(definition.last_tick)
+
+    @admin.display(description="created")
+    def created_at_s(self, definition: JobDefinition) -> str:
+        return when(definition.created_at)
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated_at_s(self, definition: JobDefinition) -> str:
+        return when(definition.updated_at)
 
     @admin.display(description="jobs")
     def jobs_link(self, definition: JobDefinition) -> str:
@@ -141,11 +161,15 @@ class JobDefinitionAdmin(ReadOnlyAdmin):
 class QueueStateAdmin(ReadOnlyAdmin):
     """Queues known to the code; pausing one stops every worker claiming from it."""
 
-    list_display = ("name", "paused", "updated_at")
+    list_display = ("name", "paused", "updated_at_s")
     list_filter = ("paused",)
     ordering = ("name",)
     actions = ("pause", "resume")
-    fields = ("name", "paused", "updated_at")
+    fields = ("name", "paused", "updated_at_s")
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated_at_s(self, queue: QueueState) -> str:
+        return when(queue.updated_at)
 
     @admin.action(permissions=["change"], description="Pause selected queues")
     def pause(self, request: HttpRequest, queryset: QuerySet[QueueState]) -> None:
