@@ -3,7 +3,9 @@ probe or a cron alert: one problem per line, none when all is well.
 
 Three problems: a queue has runnable jobs and no live worker takes it; a live worker's
 heartbeat is older than its lease (stuck, or gone without being marked lost yet); a live
-worker has claimed nothing for ``WEDGED_AFTER`` seconds while jobs it takes were due.
+worker with a free handler thread has claimed nothing for ``WEDGED_AFTER`` seconds while jobs
+it takes were due (one whose threads are all busy is waiting for them, not wedged: a handler
+that never returns is what ``@job(timeout=)`` is for).
 """
 
 from __future__ import annotations
@@ -94,9 +96,11 @@ def problems(*, wedged_after: float | None = None, using: str | None = None) -> 
         idle = now - since
         if idle <= timedelta(seconds=wedged_after):
             continue
-        # Jobs it takes that were due for the whole time it claimed nothing: it should have.
+        # A worker whose handler threads are all busy (long jobs) rightly claims nothing more;
+        # one with a free thread and jobs it takes due for the whole time should have claimed.
+        holding = jobs.filter(status=Status.RUNNING, worker=worker.name).count()
         waiting = jobs.filter(_due(now, _takes(worker), paused), run_at__lte=since)
-        if waiting.exists():
+        if holding < worker.concurrency and waiting.exists():
             found.append(
                 Problem(
                     "wedged worker",

@@ -77,6 +77,13 @@ def test_a_beating_worker_that_claimed_nothing_while_its_jobs_were_due_is_wedged
         assert kinds() == []
 
 
+def test_a_worker_whose_threads_are_all_busy_is_not_wedged_by_the_jobs_waiting_behind():
+    due("default", ago=900)
+    busy = worker(concurrency=1, last_claimed_at=timezone.now() - timedelta(seconds=700))
+    JobFactory(running=True, worker=busy.name, started_at=timezone.now() - timedelta(seconds=700))
+    assert kinds() == []
+
+
 def test_an_idle_worker_is_not_wedged_nor_one_whose_due_jobs_are_paused_or_arrived_since():
     worker(last_claimed_at=timezone.now() - timedelta(seconds=700))
     assert kinds() == []  # nothing was due
