@@ -100,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             fill(cursor, args.jobs)
             print(f"filled {args.jobs:,} jobs with their history in {time.perf_counter() - started:.1f}s")
+    from doctorjob.models import DeadLetter, Job, JobDefinition
+
+    never, _ = JobDefinition.objects.get_or_create(name="app.never_run", defaults={"queue": "default"})
+    dead_job = Job.objects.filter(status="dead").order_by("-id").values_list("pk", flat=True).first()
+    letter = DeadLetter.objects.order_by("-id").values_list("pk", flat=True).first()
+    definition = JobDefinition.objects.get(name="app.task_07")
     user, _ = User.objects.get_or_create(username="bench", defaults={"is_staff": True, "is_superuser": True})
     client = Client()
     client.force_login(user)
@@ -116,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         "dead-letter list": reverse("admin:doctorjob_deadletter_changelist"),
         "dead-letter search 'smtp-3'": reverse("admin:doctorjob_deadletter_changelist") + "?q=smtp-3",
         "worker list": reverse("admin:doctorjob_worker_changelist"),
+        "job list ?name= a job with no jobs": reverse("admin:doctorjob_job_changelist") + "?name=app.never_run",
+        "job page (dead, with its attempt)": reverse("admin:doctorjob_job_change", args=[dead_job]),
+        "dead-letter page": reverse("admin:doctorjob_deadletter_change", args=[letter]),
+        "definition page": reverse("admin:doctorjob_jobdefinition_change", args=[definition.pk]),
+        "definition page, no jobs": reverse("admin:doctorjob_jobdefinition_change", args=[never.pk]),
+        "metrics": reverse("doctorjob_metrics"),
     }
     print(f"{'page':<40} {'median ms':>10} {'min ms':>8} {'max ms':>8}")
     for label, url in pages.items():
@@ -134,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         with connection.cursor() as cursor:
             cursor.execute(f"TRUNCATE {', '.join(TABLES)}")
             cursor.execute("DELETE FROM doctorjob_worker")
+            cursor.execute("DELETE FROM doctorjob_jobdefinition WHERE name LIKE 'app.%%'")
         print("emptied " + ", ".join(TABLES))
     return 0
 

@@ -23,7 +23,7 @@ T = TypeVar("T")
 ESTIMATE_ABOVE = 10_000
 # Milliseconds an exact count may take before the estimate is shown instead (a search over
 # text the planner cannot estimate well would otherwise read every row).
-COUNT_BUDGET_MS = 50
+COUNT_BUDGET_MS = 100
 
 
 class EstimatingPaginator(Paginator):  # type: ignore[type-arg]
@@ -39,13 +39,17 @@ class EstimatingPaginator(Paginator):  # type: ignore[type-arg]
         if not isinstance(queryset, QuerySet) or connections[queryset.db].vendor != "postgresql":
             return super().count
         planned = _planned_rows(queryset)
-        if planned <= ESTIMATE_ABOVE:
-            try:
-                return _count_within(queryset, COUNT_BUDGET_MS)
-            except OperationalError:  # cancelled by the statement timeout
-                pass
         self.estimated = True
-        return planned
+        if planned > ESTIMATE_ABOVE:
+            return planned
+        try:
+            count = _count_within(queryset, COUNT_BUDGET_MS)
+        except OperationalError:  # cancelled by the statement timeout: more rows than the plan says
+            # At least two pages, whatever the planner thought: with one page the admin would
+            # fetch every matching row instead of one page of them.
+            return max(planned, self.per_page + 1)
+        self.estimated = False
+        return count
 
 
 def _count_within(queryset: QuerySet[Any], budget_ms: int) -> int:

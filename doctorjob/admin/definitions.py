@@ -19,7 +19,7 @@ from .display import when
 
 # A definition's last run and success rate read the jobs by name, which no index holds: on a big
 # table and a rare job, give up rather than hold the page.
-STATS_BUDGET_MS = 200
+STATS_BUDGET_MS = 100
 TOO_LONG = "unknown (its jobs are too rare in a big table to find quickly; filter the jobs by name)"
 
 

@@ -254,6 +254,23 @@ def test_a_list_the_planner_expects_to_be_long_shows_its_estimate(admin_client, 
 
 
 @pytest.mark.postgresql
+def test_a_count_past_its_time_budget_shows_an_estimate_and_still_one_page_of_rows(admin_client, monkeypatch):
+    enqueue_many([("tests.noop", {})] * 120)
+
+    def too_slow(queryset, budget_ms):
+        from django.db import OperationalError
+
+        raise OperationalError("canceling statement due to statement timeout")
+
+    monkeypatch.setattr(changelists, "_count_within", too_slow)
+    response = admin_client.get(reverse("admin:doctorjob_job_changelist"))
+
+    assert response.context["cl"].paginator.estimated
+    assert len(response.context["cl"].result_list) == 50  # a page, not every match
+    assert "(estimate)" in response.content.decode()
+
+
+@pytest.mark.postgresql
 def test_status_counts_of_a_big_table_come_from_the_planner_marked_as_estimates(monkeypatch):
     enqueue_many([("tests.noop", {})] * 200)
     JobFactory.create_batch(100, succeeded=True)
