@@ -51,5 +51,16 @@ class ReadOnlyAdmin(_ModelAdmin):
         # check; with obj it is the change form, which stays view-only.
         return obj is None and super().has_change_permission(request)
 
+    # Site-wide actions (Django's delete_selected) this admin leaves out.
+    without_actions: tuple[str, ...] = ()
+
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        # action_location: Django 6.1 passes it (and warns about an override without it).
+        where = {} if action_location is None else {"action_location": action_location}
+        actions = super().get_actions(request, **where)
+        for name in self.without_actions:
+            actions.pop(name, None)
+        return actions
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return flatten_fieldsets(self.get_fieldsets(request, obj))

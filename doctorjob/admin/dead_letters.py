@@ -79,6 +79,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     paginator = EstimatingPaginator
     show_full_result_count = False
     actions = ("requeue",)
+    without_actions = ("delete_selected",)  # dead letters are kept; a requeue marks them
     change_form_template = "admin/doctorjob/deadletter/change_form.html"
     requeue_template = "admin/doctorjob/deadletter/requeue.html"
     fieldsets = (
@@ -90,11 +91,6 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         ("Payload", {"fields": ("payload_display",)}),
         ("Requeued", {"fields": ("requeued_at_s", "requeued_job_link")}),
     )
-
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)  # dead letters are kept; a requeue marks them
-        return actions
 
     @admin.display(description="dead since", ordering="created_at")
     def created_at_s(self, letter: DeadLetter) -> str:

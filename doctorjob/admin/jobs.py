@@ -64,6 +64,8 @@ class JobAdmin(ReadOnlyAdmin):
     # The job table can be large: skip the second COUNT(*) over all rows on filtered pages.
     show_full_result_count = False
     actions = ("retry", "cancel", "purge")
+    # Django's confirmation page lists every row: unusable at 100,000 jobs. Purge instead.
+    without_actions = ("delete_selected",)
     inlines = (JobExecutionInline,)
     change_form_template = "admin/doctorjob/job/change_form.html"
     fieldsets = (
@@ -117,12 +119,6 @@ class JobAdmin(ReadOnlyAdmin):
     @admin.display(description="traceback")
     def traceback_display(self, job: Job) -> str:
         return folded(job.traceback)
-
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
-        # Django's confirmation page lists every row: unusable at 100,000 jobs. Purge instead.
-        actions.pop("delete_selected", None)
-        return actions
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
