@@ -15,6 +15,8 @@ from doctorjob.health import problems
 
 class Command(BaseCommand):
     help = "Exit 1 with one line per problem when no live worker serves runnable jobs, or one is stuck."
+    # A probe prints its verdict and nothing else (the system checks' warnings are run_jobs' to print).
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
