@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.doctorjob-installed
 
-.PHONY: venv demo test bench docs clean
+.PHONY: venv demo test bench docs screenshots clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,12 @@ $(DOCS_STAMP): $(STAMP)
 docs: $(DOCS_STAMP)
 	rm -rf docs/_build
 	$(VENV)/bin/python -m sphinx -q -W --keep-going -b html docs docs/_build/html
+
+# The admin's pages in a headless chromium at 1024, 1400 and 1920 px (and the dashboard in dark
+# mode), saved as docs/screenshots/*.png for the README; a SQLite scratch database of its own.
+screenshots: venv
+	env -u DATABASE_URL DOCTORJOB_TEST_SQLITE=/tmp/doctorjob-screenshots.sqlite3 DOCTORJOB_SCREENSHOTS=docs/screenshots \
+		$(VENV)/bin/python -m pytest tests/browser -q -k fits
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info db.sqlite3 docs/_build

@@ -35,6 +35,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v is None or not out_of_range("TIMEOUT", v),
         "None or a number of seconds from 0.1 to 604800",
     ),
+    "METRICS_TOKEN": (
+        lambda v: v is None or (isinstance(v, str) and len(v) >= 16),
+        "None or a string of 16+ characters",
+    ),
+    "WEDGED_AFTER": (lambda v: not out_of_range("WEDGED_AFTER", v), "a number of seconds from 1 to 604800"),
     "MAX_PAYLOAD_BYTES": (
         lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8 * 2**20,
         "an integer from 1 to 8 MiB (8388608), what every supported database accepts",

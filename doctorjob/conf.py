@@ -43,6 +43,12 @@ DEFAULTS: dict[str, Any] = {
     # class>", "OPTIONS": {...}, "QUEUES": [...]}}; a job is relayed by @job(relay=name) or by
     # being enqueued in one of a relay's QUEUES, and then never run by a plain worker.
     "RELAYS": {},
+    # The metrics view answers a request bearing "Authorization: Bearer <this>" (a Prometheus
+    # scraper); None: only logged-in users with the doctorjob.view_job permission.
+    "METRICS_TOKEN": None,
+    # check_workers: a live worker that claimed nothing for this many seconds while jobs it
+    # takes were due is wedged.
+    "WEDGED_AFTER": 300.0,
 }
 
 
@@ -57,6 +63,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "MAX_JOBS": (1, 2**31 - 1),
     "PROCESSES": (1, 64),
     "TIMEOUT": (0.1, 7 * 86_400.0),
+    "WEDGED_AFTER": (1.0, 7 * 86_400.0),
 }
 # The longest retention a setting may ask for.
 MAX_KEEP_SUCCEEDED = timedelta(days=3650)

@@ -269,6 +269,9 @@ class Worker(models.Model):
     lease = models.FloatField(default=30.0)
     started_at = models.DateTimeField(default=timezone.now)
     last_heartbeat = models.DateTimeField(default=timezone.now)
+    # Written with the heartbeat after a claim that took jobs: check_workers tells a wedged
+    # worker (beating, claiming nothing while jobs are due) from an idle one.
+    last_claimed_at = models.DateTimeField(null=True, blank=True)
     lost = models.BooleanField(default=False)
 
     def __str__(self) -> str:

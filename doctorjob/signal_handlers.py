@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.utils import timezone
+
 from . import signals
 
 logger = logging.getLogger("doctorjob")
@@ -37,7 +39,8 @@ def log_finished(sender: Any, job: Any, outcome: str, duration: float | None = N
             job.pk,
             job.name,
             job.attempts,
-            job.run_at.isoformat() if job.run_at else None,
+            # In settings.TIME_ZONE, to the second: the time the admin shows for this job.
+            timezone.localtime(job.run_at).isoformat(timespec="seconds") if job.run_at else None,
             job.error,
         )
     elif outcome == signals.RELAYED:

@@ -97,6 +97,7 @@ class Worker:
         self._in_flight: dict[int, Job] = {}
         self._unrecorded: list[tuple[Finish, str]] = []
         self._claimed = 0
+        self._claimed_since_beat = False  # written to the worker's row with the next heartbeat
         self._due = {"renew": 0.0, "refresh": 0.0}
         self._min_version: dict[str, int] = {}
         self._skip_on_overlap: list[str] = []
@@ -279,6 +280,7 @@ class Worker:
         for job in claim.skipped:
             send_robust(job_finished, job=job, outcome=SKIPPED, duration=None)
         self._claimed += len(claim.jobs)
+        self._claimed_since_beat = self._claimed_since_beat or bool(claim.jobs)
         for job in claim.jobs:
             self._in_flight[job.id] = job
             self._todo.put(job)
@@ -369,9 +371,10 @@ class Worker:
         now = time.monotonic()
         if now >= self._due["renew"]:
             leases.renew(self.alias, self._in_flight.values(), self.lease)
-            WorkerRow.objects.using(self.alias).filter(name=self.id).update(
-                last_heartbeat=database_now(connections[self.alias]), lost=False
-            )
+            beat = database_now(connections[self.alias])
+            claimed = {"last_claimed_at": beat} if self._claimed_since_beat else {}
+            WorkerRow.objects.using(self.alias).filter(name=self.id).update(last_heartbeat=beat, lost=False, **claimed)
+            self._claimed_since_beat = False
             self._due["renew"] = now + self.lease / 3
         if now >= self._due["refresh"]:
             self._refresh_definitions()
