@@ -79,6 +79,13 @@ class JobAdmin(ReadOnlyAdmin):
     )
     CHILDREN_SHOWN = 50  # on a parent's page; a link lists them all
 
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        """The job tree's fields only on the page of a parent or a child."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None and obj.parent_id is None and obj.pending_children is None:
+            fieldsets = [f for f in fieldsets if f[0] != "Job tree"]
+        return fieldsets
+
     @admin.display(description="status", ordering="status")
     def status_badge(self, job: Job) -> SafeString:
         return badge(job.status)

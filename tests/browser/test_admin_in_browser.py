@@ -15,7 +15,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from doctorjob import enqueue
+from doctorjob import Child, enqueue
 from doctorjob.models import DeadLetter, Job, JobExecution, QueueState, Status, Worker
 from tests.acceptance.helpers import run_jobs
 from tests.integration.factories import DeadLetterFactory, JobFactory
@@ -121,6 +121,9 @@ def test_dead_letter_corrected_in_the_panel_is_requeued_run_by_a_worker_and_succ
 
 def test_every_page_fits_at_1024_1400_and_1920_px_without_sideways_scroll(open_page):
     data = populate()
+    data["parent"] = enqueue(
+        "trees.combine", children=[Child("trees.leaf", {"value": "x" * 200}) for _ in range(3)], using="default"
+    )
     shots = os.environ.get("DOCTORJOB_SCREENSHOTS")
     pages = {
         "dashboard": reverse("admin:doctorjob_dashboard"),
@@ -129,6 +132,7 @@ def test_every_page_fits_at_1024_1400_and_1920_px_without_sideways_scroll(open_p
         "dead-letters": reverse("admin:doctorjob_deadletter_changelist"),
         "dead-letter": reverse("admin:doctorjob_deadletter_change", args=[data["letter"].pk]),
         "workers": reverse("admin:doctorjob_worker_changelist"),
+        "job-tree": reverse("admin:doctorjob_job_change", args=[data["parent"].pk]),
     }
     problems = []
     for width in WIDTHS:

@@ -410,3 +410,11 @@ def test_a_parent_of_many_links_to_all_its_children(admin_client, monkeypatch):
     listing = admin_client.get(reverse("admin:doctorjob_job_changelist") + f"?parent__id__exact={parent.pk}")
     assert listing.status_code == 200 and f"?parent__id__exact={parent.pk}" in page
     assert listing.context["cl"].result_count == 3
+
+
+def test_a_job_outside_a_tree_has_no_tree_fields(admin_client):
+    from doctorjob import enqueue
+
+    job = enqueue("trees.leaf", {"value": 1})
+    page = admin_client.get(reverse("admin:doctorjob_job_change", args=[job.pk])).content.decode()
+    assert "Job tree" not in page and "Pending children" not in page
