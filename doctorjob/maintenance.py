@@ -105,10 +105,11 @@ _PRUNE = """
 WITH doomed AS (
     SELECT id FROM doctorjob_job
     WHERE status = '{status}' AND finished_at < statement_timestamp() - make_interval(secs => %s)
-      -- a child whose parent has yet to run and read its result stays (written as an OR, not
-      -- a bare NOT EXISTS that the planner would turn into an anti-join over the whole table)
-      AND (parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM doctorjob_job AS p WHERE p.id = doctorjob_job.parent_id
-                                            AND p.status IN ('waiting', 'queued', 'running')))
+      -- A child whose parent has yet to run and read its result stays. The parent's status is
+      -- looked up per row through the primary key: a NOT EXISTS here becomes an anti-join, or a
+      -- hashed subplan, that reads the whole table for each batch.
+      AND (parent_id IS NULL OR COALESCE((SELECT p.status FROM doctorjob_job AS p WHERE p.id = doctorjob_job.parent_id),
+                                         'pruned') NOT IN ('waiting', 'queued', 'running'))
     ORDER BY finished_at LIMIT %s
     FOR UPDATE SKIP LOCKED
 ), history AS (

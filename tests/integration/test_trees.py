@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import transaction
@@ -194,6 +194,18 @@ def test_retention_keeps_a_result_its_parent_has_yet_to_read(run_worker):
     Job.objects.filter(pk=done.pk).update(finished_at=done.finished_at.replace(year=2000))
     prune_succeeded("default", keep=timedelta(days=1))
     assert Job.objects.filter(pk=done.pk).exists()
+
+
+def test_retention_prunes_a_child_once_its_parent_has_run_or_is_gone(run_worker):
+    with transaction.atomic():
+        ran = enqueue("trees.combine", children=[leaf(1)])
+        orphaned = enqueue("trees.combine", children=[leaf(2)])
+    run_worker()
+    assert set(Job.objects.values_list("status", flat=True)) == {Status.SUCCEEDED}
+    Job.objects.filter(pk=orphaned.pk).delete()  # its parent pruned already, or deleted by someone
+    Job.objects.exclude(parent=None).update(finished_at=datetime(2000, 1, 1, tzinfo=UTC))
+    assert prune_succeeded("default", keep=timedelta(days=1)) == (2, False)
+    assert list(Job.objects.all()) == [ran]
 
 
 # -- results, progress, ctx.enqueue ----------------------------------------------------------
