@@ -1,6 +1,6 @@
 """The chores one elected worker does for the whole cluster: rescue jobs whose lease ran out,
-mark workers that stopped beating as lost, prune succeeded jobs past their retention, and
-enqueue due schedule ticks.
+mark workers that stopped beating as lost, prune succeeded jobs past their retention, enqueue
+due schedule ticks, and add the latest attempts to the metrics' totals.
 
 They run on a thread of their own with their own connection and timers, never on the thread
 that claims jobs and renews leases, so a long prune cannot make a worker lose its leases. At
@@ -23,7 +23,7 @@ from typing import Any
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connections, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from . import leases, schedule
+from . import leases, schedule, totals
 from .conf import settings
 from .db import close_quietly, database_now, execute
 from .models import Job, JobDefinition, MaintenanceLease, QueueState, Status, Worker
@@ -267,7 +267,7 @@ class Maintenance:
         self.stopping, self.on_finished = stopping, on_finished
         self.leader = False
         self._pruned, self._pruning_seconds = 0, 0.0  # of the prune in progress, for its log line
-        self._due = {"elect": 0.0, "sweep": 0.0, "prune": 0.0, "tick": 0.0}
+        self._due = {"elect": 0.0, "sweep": 0.0, "prune": 0.0, "tick": 0.0, "count": 0.0}
         self._thread: threading.Thread | None = None
 
     def run_due(self, *, prune: bool = True) -> None:
@@ -286,6 +286,9 @@ class Maintenance:
             self._due["sweep"] = now + min(self.lease / 3, 5.0)
         if now >= self._due["tick"] and self._chore("tick", lambda: enqueue_due_ticks(self.alias), now + 1.0):
             self._due["tick"] = now + TICK_EVERY
+        if now >= self._due["count"]:
+            self._chore("count", lambda: totals.count(self.alias), now + totals.COUNT_EVERY)
+            self._due["count"] = now + totals.COUNT_EVERY
         if prune and now >= self._due["prune"]:
             self._chore("prune", self._prune, now + PRUNE_EVERY)
 

@@ -4,9 +4,10 @@
     urlpatterns += [path("metrics/doctorjob", metrics_view)]
 
 It needs the ``metrics`` extra (``prometheus_client``). Every scrape reads the database with
-the dashboard's bounded queries (``stats``), so any number of web processes report the same
-figures. A request passes with ``Authorization: Bearer <DOCTORJOB['METRICS_TOKEN']>`` or from a
-logged-in user with the ``doctorjob.view_job`` permission.
+the dashboard's bounded queries (``stats``) and the running totals (``totals``), so any number
+of web processes report the same figures. A request passes with
+``Authorization: Bearer <DOCTORJOB['METRICS_TOKEN']>`` or from a logged-in user with the
+``doctorjob.view_job`` permission.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from . import stats
+from . import stats, totals
 from .conf import settings
 
 
@@ -38,7 +39,7 @@ class Collector:
     """Reads the figures at each scrape (prometheus_client's custom collector protocol)."""
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         now = timezone.now()
         jobs = GaugeMetricFamily(
@@ -66,15 +67,18 @@ class Collector:
             oldest.add_metric([queue.name], age.total_seconds() if age else 0.0)
             paused.add_metric([queue.name], 1 if queue.paused else 0)
         yield from (queued, oldest, paused)
-        finished = GaugeMetricFamily(
-            "doctorjob_attempts_last_hour",
-            "Attempts finished in the last hour by outcome (failed: raised or worker lost), and jobs dead-lettered.",
-            labels=["outcome"],
+        attempts = CounterMetricFamily(
+            "doctorjob_attempts",
+            "Attempts finished, by queue and outcome (failed: raised; lost: the worker died or its lease ran out).",
+            labels=["queue", "outcome"],
         )
-        minutes = stats.throughput(now=now)
-        for outcome in ("succeeded", "failed", "dead"):
-            finished.add_metric([outcome], sum(getattr(m, outcome) for m in minutes))
-        yield finished
+        dead = CounterMetricFamily("doctorjob_dead_letters", "Jobs that failed for good, by queue.", labels=["queue"])
+        for total in totals.totals():
+            if total.outcome == totals.DEAD:
+                dead.add_metric([total.queue], total.total)
+            else:
+                attempts.add_metric([total.queue, total.outcome], total.total)
+        yield from (attempts, dead)
         workers = GaugeMetricFamily("doctorjob_workers", "Worker processes by state.", labels=["state"])
         summaries = stats.worker_summaries()
         workers.add_metric(["alive"], sum(not s.worker.lost and not s.stale(now) for s in summaries))

@@ -308,3 +308,29 @@ class MaintenanceLease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: {self.holder}"
+
+
+class OutcomeTotal(models.Model):
+    """How many attempts of a queue's jobs ended each way (``outcome``: an execution's outcome,
+    or ``dead`` for dead letters) since the install: never pruned, so the metrics' counters
+    never go down (doctorjob.totals)."""
+
+    queue = models.CharField(max_length=100)
+    outcome = models.CharField(max_length=16)
+    total = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["queue", "outcome"], name="doctorjob_outcometotal_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.queue} {self.outcome}: {self.total}"
+
+
+class TotalsMark(models.Model):
+    """Up to when the execution history and the dead letters are counted into ``OutcomeTotal``:
+    one row, locked by the worker that counts."""
+
+    counted_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"counted until {self.counted_until}"

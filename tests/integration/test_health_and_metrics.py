@@ -12,10 +12,11 @@ from django.test import Client, override_settings
 from django.urls import reverse
 from django.utils import timezone
 
+from doctorjob import totals
 from doctorjob.health import problems
 from doctorjob.models import JobDefinition, JobExecution, QueueState, Worker
 
-from .factories import JobFactory
+from .factories import DeadLetterFactory, JobFactory
 from .test_dashboard import staff
 
 pytestmark = pytest.mark.django_db
@@ -127,7 +128,9 @@ def test_metrics_report_jobs_queues_attempts_and_workers_in_prometheus_text(admi
     due("emails", ago=120)
     JobFactory(running=True, queue="emails")
     done = JobFactory(succeeded=True)
-    JobExecution.objects.create(job=done, outcome="succeeded", finished_at=timezone.now())
+    JobExecution.objects.create(job=done, outcome="succeeded", finished_at=timezone.now() - timedelta(minutes=2))
+    DeadLetterFactory(queue="emails", created_at=timezone.now() - timedelta(minutes=2))
+    totals.count("default")  # the maintenance holder's chore
     worker()
     worker("host:2:gone", lost=True)
 
@@ -141,7 +144,9 @@ def test_metrics_report_jobs_queues_attempts_and_workers_in_prometheus_text(admi
         'doctorjob_jobs{status="succeeded"} 1.0',
         'doctorjob_queue_jobs{queue="emails",state="runnable"} 1.0',
         'doctorjob_queue_jobs{queue="emails",state="running"} 1.0',
-        'doctorjob_attempts_last_hour{outcome="succeeded"} 1.0',
+        'doctorjob_attempts_total{outcome="succeeded",queue="default"} 1.0',
+        'doctorjob_dead_letters_total{queue="emails"} 1.0',
+        "# TYPE doctorjob_attempts_total counter",
         'doctorjob_workers{state="alive"} 1.0',
         'doctorjob_workers{state="lost"} 1.0',
     ):
