@@ -79,6 +79,15 @@ class JobAdmin(ReadOnlyAdmin):
     )
     CHILDREN_SHOWN = 50  # on a parent's page; a link lists them all
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """A running job is its worker's until it finishes: Delete leaves it alone, as Purge does."""
+        return super().has_delete_permission(request, obj) and (obj is None or obj.status != Status.RUNNING)
+
+    def delete_model(self, request: HttpRequest, obj: Job) -> None:
+        """Delete as Purge does: an unfinished child counts as finished for its waiting parent,
+        which would otherwise wait for it for ever."""
+        operations.purge_matching(Job.objects.using(obj._state.db).filter(pk=obj.pk))
+
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         """The job tree's fields only on the page of a parent or a child."""
         fieldsets = super().get_fieldsets(request, obj)

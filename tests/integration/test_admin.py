@@ -418,3 +418,26 @@ def test_a_job_outside_a_tree_has_no_tree_fields(admin_client):
     job = enqueue("trees.leaf", {"value": 1})
     page = admin_client.get(reverse("admin:doctorjob_job_change", args=[job.pk])).content.decode()
     assert "Job tree" not in page and "Pending children" not in page
+
+
+def test_deleting_a_child_from_its_page_settles_its_waiting_parent(admin_client):
+    from doctorjob import Child, enqueue
+
+    parent = enqueue("trees.combine", children=[Child("trees.leaf", {"value": i}) for i in range(2)])
+    first, second = Job.objects.filter(parent=parent).order_by("id")
+    for child in (first, second):
+        url = reverse("admin:doctorjob_job_delete", args=[child.pk])
+        assert admin_client.post(url, {"post": "yes"}).status_code == 302
+    assert not Job.objects.filter(parent=parent).exists()
+    parent.refresh_from_db()
+    assert (parent.status, parent.pending_children) == (Status.QUEUED, 0)  # runs with what is left
+
+
+def test_a_running_job_cannot_be_deleted_from_its_page(admin_client):
+    running = JobFactory(running=True)
+    page = admin_client.get(reverse("admin:doctorjob_job_change", args=[running.pk])).content.decode()
+    assert reverse("admin:doctorjob_job_delete", args=[running.pk]) not in page
+    assert (
+        admin_client.post(reverse("admin:doctorjob_job_delete", args=[running.pk]), {"post": "yes"}).status_code == 403
+    )
+    assert Job.objects.filter(pk=running.pk).exists()
