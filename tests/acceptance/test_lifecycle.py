@@ -74,13 +74,15 @@ def test_a_singleton_of_higher_priority_runs_before_a_backlog_of_ordinary_jobs(w
 @pytest.mark.django_db(transaction=True)
 def test_a_job_enqueued_with_the_pause_of_its_definition_or_queue_is_never_claimed(workers, tmp_path):
     definitions.sync()
-    worker = workers("--poll-interval", "0.05")
+    # Before the worker starts: on SQLite, a transaction that reads then writes fails at once
+    # while another connection writes (the worker's chores at start-up).
     with transaction.atomic():
         JobDefinition.objects.filter(name="tests.noop").update(paused=True)
         by_name = enqueue("tests.noop")
     with transaction.atomic():
         QueueState.objects.update_or_create(name="paused-queue", defaults={"paused": True})
         by_queue = enqueue("tests.acceptance.touch", {"path": str(tmp_path / "touched")}, queue="paused-queue")
+    worker = workers("--poll-interval", "0.05")
     holds_for(
         lambda: {status_of(by_name), status_of(by_queue)} == {Status.QUEUED},
         duration=2,

@@ -64,6 +64,23 @@ def test_the_totals_never_go_down_when_retention_prunes_the_history():
     assert table() == {("default", "succeeded"): 1}
 
 
+def test_a_stretch_another_worker_counted_first_is_not_counted_again(monkeypatch):
+    attempt("default", "succeeded")
+    real_now, other = totals.database_now, []
+
+    def now_then_another_worker_counts(connection):
+        value = real_now(connection)
+        if not other:  # this round has read the mark; another worker counts before it goes on
+            other.append(None)
+            other[0] = totals.count("default")
+        return value
+
+    monkeypatch.setattr(totals, "database_now", now_then_another_worker_counts)
+    assert totals.count("default") == 0
+    assert other == [1]
+    assert table() == {("default", "succeeded"): 1}
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_s_real_outcomes_are_counted_by_the_maintenance_holder(run_worker, monkeypatch):
     with transaction.atomic():
