@@ -328,7 +328,7 @@ class OutcomeTotal(models.Model):
 
 class TotalsMark(models.Model):
     """Up to when the execution history and the dead letters are counted into ``OutcomeTotal``:
-    one row, locked by the worker that counts."""
+    one row, moved only from the value a round began with."""
 
     counted_until = models.DateTimeField(null=True, blank=True)
 
