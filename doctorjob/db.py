@@ -10,7 +10,8 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -149,3 +150,21 @@ def database_now(connection: BaseDatabaseWrapper) -> datetime:
         now = now.replace(tzinfo=UTC)
     # As timezone.now() gives it: aware in UTC with USE_TZ, naive local time without.
     return now if django_settings.USE_TZ else timezone.make_naive(now)
+
+
+@contextmanager
+def writing(alias: str) -> Iterator[None]:
+    """``transaction.atomic()`` for a transaction that reads what it then changes.
+
+    On SQLite its first statement is a write, which waits (Django's ``timeout``) for the
+    database's write lock: a transaction that has read cannot wait for it, and fails at once
+    with "database is locked" while a worker writes. Elsewhere ``select_for_update()`` locks
+    the rows read, as usual."""
+    from django.db import connections, transaction
+
+    with transaction.atomic(using=alias):
+        connection = connections[alias]
+        if connection.vendor == "sqlite":
+            with connection.cursor() as cursor:
+                cursor.execute("UPDATE doctorjob_maintenancelease SET holder = holder WHERE 0")
+        yield

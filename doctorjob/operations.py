@@ -8,11 +8,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connections, router, transaction
+from django.db import connections, router
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from . import trees
+from .db import writing
 from .definitions import desired
 from .exceptions import DoctorJobError, InvalidEnqueue, UnknownJob
 from .models import DeadLetter, Job, JobDefinition, QueueState, Status
@@ -24,7 +25,7 @@ from .signals import job_enqueued
 def requeue(dead_letter: DeadLetter, payload: Any = None, *, using: str | None = None) -> Job:
     """Create a fresh queued job from a dead letter and mark it requeued, in one transaction."""
     alias = using or router.db_for_write(DeadLetter)
-    with transaction.atomic(using=alias):
+    with writing(alias):
         letter = DeadLetter.objects.using(alias).select_for_update().get(pk=dead_letter.pk)
         if letter.requeued_at is not None:
             raise InvalidEnqueue(f"dead letter #{letter.pk} was already requeued as job #{letter.requeued_job_id}")
@@ -52,7 +53,7 @@ def retry(jobs: Iterable[Job], *, using: str | None = None) -> int:
 def _retry(selected: list[int], alias: str) -> tuple[int, int]:
     """retry() on job ids; returns (how many were queued, how many had a dead letter already requeued)."""
     now = timezone.now()
-    with transaction.atomic(using=alias):
+    with writing(alias):
         # The dead letters first, locked, in the order requeue() locks them: a requeue of one of
         # them running at this moment either committed before (and the job is left alone here)
         # or waits for this transaction and then finds its dead letter requeued.
@@ -94,7 +95,7 @@ def cancel(jobs: Iterable[Job], *, using: str | None = None) -> int:
 
 
 def _cancel(selected: list[int], alias: str) -> int:
-    with transaction.atomic(using=alias):
+    with writing(alias):
         cancelled = list(
             Job.objects.using(alias)
             .select_for_update()
@@ -186,7 +187,7 @@ def purge_matching(jobs: QuerySet[Job]) -> Bulk:
     worker holds them), in SQL, a chunk per transaction. Dead letters stay, unlinked."""
     result, alias = Bulk(), jobs.db
     for chunk in _chunks(jobs):
-        with transaction.atomic(using=alias):
+        with writing(alias):
             # Locked first, as a claim would lock them: a job claimed meanwhile is left alone.
             doomed = list(
                 Job.objects.using(alias)
@@ -212,7 +213,7 @@ def requeue_matching(letters: QuerySet[DeadLetter]) -> Bulk:
     result, alias = Bulk(), letters.db
     for chunk in _chunks(letters):
         unknown = invalid = 0
-        with transaction.atomic(using=alias):
+        with writing(alias):
             todo = list(
                 DeadLetter.objects.using(alias)
                 .select_for_update()

@@ -264,3 +264,20 @@ def test_receivers_in_the_worker_hear_each_start_and_each_committed_outcome_and_
     output = worker.output()
     assert "signal receiver" in output and f"RuntimeError: receiver broke on job {ok.pk}" in output
     assert "Traceback" in output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requeues_from_the_admin_never_fail_while_a_worker_writes(workers):
+    """A requeue reads its dead letters, then writes: on SQLite with deferred transactions it
+    failed at once with 'database is locked' whenever the worker was writing (doctorjob.W003)."""
+    from doctorjob import operations
+    from doctorjob.models import DeadLetter
+    from tests.integration.factories import DeadLetterFactory
+
+    letters = [DeadLetterFactory() for _ in range(50)]
+    enqueue_many([("tests.noop", {"n": n}) for n in range(20000)])
+    workers("--poll-interval", "0.05")
+    wait_for(lambda: Job.objects.filter(status=Status.SUCCEEDED).exists())  # it is writing now
+    for letter in letters:
+        assert operations.requeue_matching(DeadLetter.objects.filter(pk=letter.pk)).changed == 1
+    assert Job.objects.filter(status=Status.QUEUED, name="tests.noop").exists(), "the worker stopped writing"
