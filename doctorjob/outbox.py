@@ -207,7 +207,7 @@ def _write_tree(root: Job, children: Iterable[Child], using: str | None) -> Job:
     held is not written, nor are its children: the job holding the key is not this parent's
     child, and a parent left with no children is queued at once.
     """
-    Tree = tuple[Job, str | None, list[Any]]  # (row, on_failure, subtrees)
+    Tree = tuple[Job, list[Any]]  # (row, subtrees)
 
     def build(nodes: Iterable[Child], path: str) -> list[Tree]:
         built: list[Tree] = []
@@ -219,12 +219,13 @@ def _write_tree(root: Job, children: Iterable[Child], using: str | None) -> Job:
                 row = build_job(node.job, node.payload, **node.options)
             except (InvalidEnqueue, InvalidPayload) as exc:
                 raise type(exc)(f"{where}: {exc}") from None
-            built.append((row, node.on_failure, build(node.children, f"{where}.children")))
+            row.on_failure = node.on_failure
+            built.append((row, build(node.children, f"{where}.children")))
         return built
 
     if isinstance(children, (str, bytes, Mapping)):
         raise InvalidEnqueue(f"children must be an iterable of doctorjob.Child objects, got {children!r:.80}")
-    tree: Tree = (root, None, build(children, "children"))
+    tree: Tree = (root, build(children, "children"))
     alias = _alias(using)
     written: list[Job] = []
     result = root
@@ -232,22 +233,22 @@ def _write_tree(root: Job, children: Iterable[Child], using: str | None) -> Job:
         with transaction.atomic(using=alias):
             level = [tree]
             while level:
-                for row, _, subtrees in level:
+                for row, subtrees in level:
                     if subtrees:
                         row.status, row.pending_children = Status.WAITING, len(subtrees)
-                rows = _write_portable([row for row, _, _ in level], alias)
+                rows = _write_portable([row for row, _ in level], alias)
                 if level[0] is tree:
                     result = rows[0]  # the root, or the job that already held its key
                 next_level, short = [], dict[int, int]()
-                for (row, _, subtrees), job in zip(level, rows):
+                for (row, subtrees), job in zip(level, rows):
                     if job is not row:  # its key was held: not written, and not its parent's child
                         if row.parent_id is not None:
                             short[row.parent_id] = short.get(row.parent_id, 0) + 1
                         continue
                     written.append(job)
-                    for child, on_failure, grandchildren in subtrees:
-                        child.parent_id, child.on_failure = job.pk, on_failure
-                        next_level.append((child, on_failure, grandchildren))
+                    for child, grandchildren in subtrees:
+                        child.parent_id = job.pk
+                        next_level.append((child, grandchildren))
                 for parent_id, count in short.items():
                     parent = next(j for j in written if j.pk == parent_id)
                     parent.pending_children = (parent.pending_children or 0) - count

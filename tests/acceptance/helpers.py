@@ -92,8 +92,13 @@ def worker_env(database_url: str | None = None) -> dict[str, str]:
 
 def run_jobs(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run ``run_jobs`` to completion, for options that make it exit by itself."""
+    return manage("run_jobs", *args, timeout=timeout)
+
+
+def manage(command: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run a management command to completion in a process of its own, as a user would."""
     return subprocess.run(
-        [sys.executable, "-m", "django", "run_jobs", *args],
+        [sys.executable, "-m", "django", command, *args],
         cwd=ROOT,
         env=worker_env(),
         stdin=subprocess.DEVNULL,

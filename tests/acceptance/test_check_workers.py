@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 
 import pytest
 from django.db import connection
@@ -14,19 +13,11 @@ from django.db import connection
 from doctorjob import enqueue
 from doctorjob.models import Job, Status, Worker
 
-from .helpers import ROOT, wait_for, worker_env
+from .helpers import manage, wait_for
 
 
 def check_workers(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "django", "check_workers", *args],
-        cwd=ROOT,
-        env=worker_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return manage("check_workers", *args)
 
 
 @pytest.mark.django_db(transaction=True)
